@@ -1,0 +1,43 @@
+// The boundary between the ATen-facing CPU op (pointwise_loss.cpp) and the raw-pointer
+// kernels compiled once per instruction set (pointwise_kernel_<isa>.cpp). No ATen here, so
+// the kernel translation units can be built with their own target flags.
+#pragma once
+#include <cstdint>
+
+namespace fastloss::cpu {
+
+enum class ScalarKind { kFloat, kDouble, kHalf, kBFloat16 };
+
+// One contiguous slice of a pointwise-loss evaluation. Null pointers mean "absent".
+struct PointwiseArgs {
+  const void* input;
+  const void* target;
+  const void* weight;   // per-element weight, or null for 1
+  void* loss_out;       // per-element loss (reduction "none"), or null to sum instead
+  void* grad_input;     // d loss / d input * grad_scale, or null
+  void* grad_target;    // d loss / d target * grad_scale, or null
+  double grad_scale;    // 1/N for "mean", 1/sum(weight) for weighted "mean", else 1
+  double param;         // the loss's parameter (beta, delta), unused by MSE
+};
+
+// Evaluates elements [begin, end) and returns the sum of their (weighted) losses, accumulated
+// in float (double for double inputs) in an order fixed by the element indices alone.
+using PointwiseRangeFn = double (*)(const PointwiseArgs&, int64_t begin, int64_t end);
+// Sum of data[begin, end), same accumulation rules.
+using SumRangeFn = double (*)(const void* data, int64_t begin, int64_t end);
+
+struct KernelTable {
+  const char* name;  // the instruction set these kernels were built for
+  PointwiseRangeFn (*pointwise)(ScalarKind kind, int64_t loss);
+  SumRangeFn (*sum)(ScalarKind kind);
+};
+
+const KernelTable& kernels_default();
+const KernelTable& kernels_avx2();
+// The best table this CPU can run (AVX2+F16C when present), chosen once.
+const KernelTable& kernels_for_this_cpu();
+
+// Elements per reduction chunk: the fixed split that makes sums independent of thread count.
+constexpr int64_t kChunk = 16384;
+
+}  // namespace fastloss::cpu

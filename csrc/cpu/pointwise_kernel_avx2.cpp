@@ -1,0 +1,26 @@
+// The pointwise kernels built for AVX2 with F16C (half <-> float in hardware). Chosen at run
+// time by kernels_for_this_cpu(); the summation order is the same as the default build's.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#pragma GCC target("avx2,f16c")
+#include <immintrin.h>
+#define FASTLOSS_HAVE_F16C 1
+#define FASTLOSS_ISA isa_avx2
+#define FASTLOSS_ISA_NAME "avx2+f16c"
+#include "pointwise_kernel_impl.h"
+
+namespace fastloss::cpu {
+const KernelTable& kernels_avx2() { return isa_avx2::table(); }
+const KernelTable& kernels_for_this_cpu() {
+  static const KernelTable& best = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+                                       ? kernels_avx2()
+                                       : kernels_default();
+  return best;
+}
+}  // namespace fastloss::cpu
+#else
+#include "pointwise_kernel_api.h"
+namespace fastloss::cpu {
+const KernelTable& kernels_avx2() { return kernels_default(); }
+const KernelTable& kernels_for_this_cpu() { return kernels_default(); }
+}  // namespace fastloss::cpu
+#endif

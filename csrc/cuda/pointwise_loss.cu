@@ -1,0 +1,306 @@
+// CUDA implementation of fastloss::pointwise_loss and fastloss::scale_grad_.
+// One pass: each thread walks the tensor grid-stride in 16-byte vectors (scalar tail), applies
+// the shared formula in float (double for double), writes the gradients, and sums its losses;
+// blocks reduce by warp shuffles into one partial each; a one-block kernel adds the partials in
+// a fixed order. No atomics, a fixed grid: the same bits on every run.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include "../formulas/pointwise.h"
+#include "../pointwise_checks.h"
+#include "reduce.cuh"
+
+namespace fastloss::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBlocks = 1024;  // fixed: the split of the sum must not depend on the device
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack { T v[N]; };
+
+struct PointwiseParams {
+  int64_t n;
+  double param;
+  double grad_scale;            // multiplies the gradients
+  const void* grad_scale_ptr;   // if set, an Acc on the device that multiplies them too
+  bool write_loss;              // reduction "none"
+};
+
+template <typename T, typename Formula, int VEC>
+__global__ void __launch_bounds__(kThreads)
+pointwise_loss_kernel(const T* __restrict__ input, const T* __restrict__ target,
+                      const T* __restrict__ weight, T* __restrict__ loss_out,
+                      T* __restrict__ grad_input, T* __restrict__ grad_target,
+                      typename AccOf<T>::type* __restrict__ partials, PointwiseParams p) {
+  using Acc = typename AccOf<T>::type;
+  const Acc param = Acc(p.param);
+  Acc scale = Acc(p.grad_scale);
+  if (p.grad_scale_ptr) scale *= *static_cast<const Acc*>(p.grad_scale_ptr);
+  Acc sum = Acc(0);
+
+  auto apply = [&](const T* x, const T* t, const T* w, T* l, T* gx, T* gt, int count) {
+#pragma unroll
+    for (int j = 0; j < count; ++j) {
+      Acc loss, dx, dt;
+      Formula::eval(Acc(x[j]), Acc(t[j]), param, loss, dx, dt);
+      const Acc wj = weight ? Acc(w[j]) : Acc(1);
+      loss *= wj;
+      if (p.write_loss) l[j] = T(loss); else sum += loss;
+      gx[j] = T(dx * wj * scale);
+      gt[j] = T(dt * wj * scale);
+    }
+  };
+
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n_vec = p.n / VEC;
+  using P = Pack<T, VEC>;
+  for (int64_t v = first; v < n_vec; v += stride) {
+    const int64_t i = v * VEC;
+    P x = *reinterpret_cast<const P*>(input + i);
+    P t = *reinterpret_cast<const P*>(target + i);
+    P w;
+    if (weight) w = *reinterpret_cast<const P*>(weight + i);
+    P l, gx, gt;
+    apply(x.v, t.v, w.v, l.v, gx.v, gt.v, VEC);
+    if (p.write_loss) *reinterpret_cast<P*>(loss_out + i) = l;
+    if (grad_input) *reinterpret_cast<P*>(grad_input + i) = gx;
+    if (grad_target) *reinterpret_cast<P*>(grad_target + i) = gt;
+  }
+  // Scalar tail (fewer than VEC elements), one element per thread.
+  const int64_t i = n_vec * VEC + first;
+  if (i < p.n) {
+    T w = weight ? weight[i] : T(1);
+    T l, gx, gt;
+    apply(input + i, target + i, &w, &l, &gx, &gt, 1);
+    if (p.write_loss) loss_out[i] = l;
+    if (grad_input) grad_input[i] = gx;
+    if (grad_target) grad_target[i] = gt;
+  }
+  if (p.write_loss) return;
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+sum_kernel(const T* __restrict__ data, int64_t n, typename AccOf<T>::type* __restrict__ partials) {
+  using Acc = typename AccOf<T>::type;
+  Acc sum = Acc(0);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n_vec = n / VEC;
+  using P = Pack<T, VEC>;
+  for (int64_t v = first; v < n_vec; v += stride) {
+    const P x = *reinterpret_cast<const P*>(data + v * VEC);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sum += Acc(x.v[j]);
+  }
+  const int64_t i = n_vec * VEC + first;
+  if (i < n) sum += Acc(data[i]);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+// One block: total = sum(partials) in a fixed order. Writes total * multiplier (times
+// *divisor_inv when given) to out as T, and 1/total to inverse_out when given.
+template <typename T>
+__global__ void __launch_bounds__(1024)
+finish_kernel(const typename AccOf<T>::type* __restrict__ partials, int count, double multiplier,
+              const typename AccOf<T>::type* __restrict__ divisor_inv, T* __restrict__ out,
+              typename AccOf<T>::type* __restrict__ inverse_out) {
+  using Acc = typename AccOf<T>::type;
+  Acc sum = Acc(0);
+  for (int k = threadIdx.x; k < count; k += blockDim.x) sum += partials[k];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    if (out) {
+      Acc value = sum * Acc(multiplier);
+      if (divisor_inv) value *= *divisor_inv;
+      *out = T(value);
+    }
+    if (inverse_out) *inverse_out = Acc(1) / sum;
+  }
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+scale_kernel(T* __restrict__ grad, const T* __restrict__ grad_output, int64_t n) {
+  using Acc = typename AccOf<T>::type;
+  const Acc g = Acc(*grad_output);
+  if (g == Acc(1)) return;  // the common last-layer case moves no memory
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n_vec = n / VEC;
+  using P = Pack<T, VEC>;
+  for (int64_t v = first; v < n_vec; v += stride) {
+    P x = *reinterpret_cast<P*>(grad + v * VEC);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) x.v[j] = T(Acc(x.v[j]) * g);
+    *reinterpret_cast<P*>(grad + v * VEC) = x;
+  }
+  const int64_t i = n_vec * VEC + first;
+  if (i < n) grad[i] = T(Acc(grad[i]) * g);
+}
+
+int blocks_for(int64_t n, int vec) {
+  const int64_t work = (n + vec - 1) / vec;
+  return int(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks)));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t, bool present) {
+  return present ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+template <typename T>
+void launch_sum(const T* data, int64_t n, at::Tensor& partials, int blocks, cudaStream_t stream) {
+  using Acc = typename AccOf<T>::type;
+  constexpr int kVec = 16 / sizeof(T);
+  if (aligned16(data)) {
+    sum_kernel<T, kVec><<<blocks, kThreads, 0, stream>>>(data, n, partials.data_ptr<Acc>());
+  } else {
+    sum_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(data, n, partials.data_ptr<Acc>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, typename Formula>
+void run_pointwise(const at::Tensor& input, const at::Tensor& target,
+                   const std::optional<at::Tensor>& weight, Reduction red, double param,
+                   at::Tensor& loss_out, at::Tensor& grad_input, at::Tensor& grad_target,
+                   bool need_gi, bool need_gt) {
+  using Acc = typename AccOf<T>::type;
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t n = input.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.device().index());
+  const auto acc_options = input.options().dtype(c10::CppTypeToScalarType<Acc>::value);
+  const bool weighted = weight.has_value();
+  const T* w = weighted ? static_cast<const T*>(weight->data_ptr()) : nullptr;
+
+  PointwiseParams p{};
+  p.n = n;
+  p.param = param;
+  p.grad_scale = 1.0;
+  p.write_loss = red == Reduction::kNone;
+
+  // Weighted "mean" divides by sum(weight), needed by the gradients: sum it first.
+  at::Tensor weight_inv;
+  if (weighted && red == Reduction::kMean) {
+    const int blocks = blocks_for(n, kVec);
+    at::Tensor partials = at::empty({blocks}, acc_options);
+    weight_inv = at::empty({}, acc_options);
+    launch_sum<T>(w, n, partials, blocks, stream);
+    finish_kernel<T><<<1, 1024, 0, stream>>>(partials.data_ptr<Acc>(), blocks, 1.0, nullptr,
+                                             nullptr, weight_inv.data_ptr<Acc>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    p.grad_scale_ptr = weight_inv.data_ptr<Acc>();
+  } else if (red == Reduction::kMean) {
+    p.grad_scale = 1.0 / double(n);
+  }
+
+  if (n == 0 && red != Reduction::kNone) {  // sum of nothing: 0; mean: 0/0 = NaN, as torch
+    loss_out.fill_(red == Reduction::kSum ? 0.0 : std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
+  if (n == 0) return;
+
+  const T* x = static_cast<const T*>(input.data_ptr());
+  const T* t = static_cast<const T*>(target.data_ptr());
+  T* l = ptr_or_null<T>(loss_out, p.write_loss);
+  T* gi = ptr_or_null<T>(grad_input, need_gi);
+  T* gt = ptr_or_null<T>(grad_target, need_gt);
+  const bool vectorizable = aligned16(x) && aligned16(t) && (!w || aligned16(w)) &&
+                            (!l || aligned16(l)) && (!gi || aligned16(gi)) && (!gt || aligned16(gt));
+  const int blocks = blocks_for(n, vectorizable ? kVec : 1);
+  at::Tensor partials = at::empty({p.write_loss ? 0 : blocks}, acc_options);
+  Acc* part = p.write_loss ? nullptr : partials.data_ptr<Acc>();
+  if (vectorizable) {
+    pointwise_loss_kernel<T, Formula, kVec><<<blocks, kThreads, 0, stream>>>(x, t, w, l, gi, gt, part, p);
+  } else {
+    pointwise_loss_kernel<T, Formula, 1><<<blocks, kThreads, 0, stream>>>(x, t, w, l, gi, gt, part, p);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (p.write_loss) return;
+
+  const double multiplier = red == Reduction::kMean && !weighted ? 1.0 / double(n) : 1.0;
+  const Acc* divisor_inv = weight_inv.defined() ? weight_inv.data_ptr<Acc>() : nullptr;
+  finish_kernel<T><<<1, 1024, 0, stream>>>(part, blocks, multiplier, divisor_inv,
+                                           static_cast<T*>(loss_out.data_ptr()), nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define FASTLOSS_CUDA_DISPATCH_FLOATING(DTYPE, ...)                                   \
+  [&] {                                                                               \
+    switch (DTYPE) {                                                                  \
+      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }             \
+      case at::kDouble: { using scalar_t = double; return __VA_ARGS__(); }           \
+      case at::kHalf: { using scalar_t = c10::Half; return __VA_ARGS__(); }          \
+      case at::kBFloat16: { using scalar_t = c10::BFloat16; return __VA_ARGS__(); }  \
+      default: TORCH_CHECK(false, "fastloss: unsupported dtype ", DTYPE);            \
+    }                                                                                 \
+  }()
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cuda(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t loss, int64_t reduction, double param, bool need_grad_input, bool need_grad_target) {
+  check_pointwise_args(input, target, weight, loss, reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto red = static_cast<Reduction>(reduction);
+  at::Tensor loss_out = red == Reduction::kNone ? at::empty_like(input) : at::empty({}, input.options());
+  at::Tensor grad_input = need_grad_input ? at::empty_like(input) : at::empty({0}, input.options());
+  at::Tensor grad_target = need_grad_target ? at::empty_like(input) : at::empty({0}, input.options());
+  FASTLOSS_CUDA_DISPATCH_FLOATING(input.scalar_type(), [&] {
+    FASTLOSS_DISPATCH_POINTWISE_LOSS(loss, [&] {
+      run_pointwise<scalar_t, Formula>(input, target, weight, red, param, loss_out, grad_input,
+                                       grad_target, need_grad_input, need_grad_target);
+    });
+  });
+  return {loss_out, grad_input, grad_target};
+}
+
+void scale_grad_cuda(at::Tensor& grad, const at::Tensor& grad_output) {
+  check_scale_grad_args(grad, grad_output);
+  if (grad_output.dim() != 0) {  // reduction "none": an elementwise product, one ATen pass
+    grad.mul_(grad_output);
+    return;
+  }
+  const int64_t n = grad.numel();
+  if (n == 0) return;
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.device().index());
+  const at::Tensor g = grad_output.to(grad.scalar_type());
+  FASTLOSS_CUDA_DISPATCH_FLOATING(grad.scalar_type(), [&] {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    auto* data = static_cast<scalar_t*>(grad.data_ptr());
+    const auto* go = static_cast<const scalar_t*>(g.data_ptr());
+    if (aligned16(data)) {
+      scale_kernel<scalar_t, kVec><<<blocks_for(n, kVec), kThreads, 0, stream>>>(data, go, n);
+    } else {
+      scale_kernel<scalar_t, 1><<<blocks_for(n, 1), kThreads, 0, stream>>>(data, go, n);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
+  m.impl("pointwise_loss", &pointwise_loss_cuda);
+  m.impl("scale_grad_", &scale_grad_cuda);
+}
+
+}  // namespace fastloss::cuda

@@ -1,0 +1,24 @@
+// The Python module fastloss._C: loading it registers the ops; it also reports build facts.
+#include <torch/extension.h>
+
+#include "fastloss_build_info.h"
+
+
+namespace fastloss::cpu {
+const char* isa_name();
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastloss compiled kernels (C++ CPU, and CUDA when built with it)";
+#ifdef FASTLOSS_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+  m.attr("cuda_version") = FASTLOSS_CUDA_VERSION;
+#else
+  m.attr("cuda_compiled") = false;
+  m.attr("cuda_version") = pybind11::none();
+#endif
+  m.attr("cuda_arch_list") = FASTLOSS_CUDA_ARCH_LIST;
+  m.attr("torch_version") = FASTLOSS_TORCH_VERSION;
+  m.def("cpu_isa", [] { return std::string(fastloss::cpu::isa_name()); },
+        "Instruction set the CPU kernels run with on this machine.");
+}

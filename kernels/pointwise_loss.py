@@ -1,0 +1,190 @@
+"""Triton implementation of the pointwise-loss contract (see csrc/ops.cpp for the schema).
+
+One program per BLOCK elements: it loads input, target (and weight), applies the formula in
+float32 (float64 for float64 inputs), writes the gradients when asked, and stores the block's
+loss sum as one partial; a one-program kernel adds the partials in a fixed order. The split
+depends only on the element count, so the same inputs give the same bits on every run.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+# Loss ids, the same numbers as fastloss::PointwiseLoss in csrc/formulas/pointwise.h.
+SQUARED_ERROR = 0
+# Reduction ids, as torch's at::Reduction.
+NONE, MEAN, SUM = 0, 1, 2
+
+BLOCK = 4096
+FINISH_BLOCK = 1024
+
+
+@triton.jit
+def pointwise_formula(x, t, param, LOSS: tl.constexpr):
+    """(loss, d loss / d x, d loss / d t) of the loss LOSS, elementwise."""
+    # LOSS == 0, squared error: (x - t)^2.
+    diff = x - t
+    loss = diff * diff
+    d_input = 2.0 * diff
+    d_target = -d_input
+    return loss, d_input, d_target
+
+
+@triton.jit
+def _pointwise_loss_kernel(
+    x_ptr, t_ptr, w_ptr, loss_ptr, gx_ptr, gt_ptr, partial_ptr, scale_ptr,
+    n, param,
+    LOSS: tl.constexpr, ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, WRITE_LOSS: tl.constexpr,
+    MEAN_BY_N: tl.constexpr,
+    GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, HAS_SCALE_PTR: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
+    loss, d_input, d_target = pointwise_formula(x, t, param, LOSS)
+    # The gradient scale: 1/N for "mean", 1/sum(weight) (on the device) for weighted "mean".
+    scale = tl.full([], 1.0, ACC)
+    if MEAN_BY_N:
+        scale = scale / tl.cast(n, ACC)
+    if HAS_SCALE_PTR:
+        scale = scale * tl.load(scale_ptr)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(ACC)
+        loss = loss * w
+        d_input = d_input * w
+        d_target = d_target * w
+    if GRAD_INPUT:
+        tl.store(gx_ptr + offs, (d_input * scale).to(gx_ptr.dtype.element_ty), mask=mask)
+    if GRAD_TARGET:
+        tl.store(gt_ptr + offs, (d_target * scale).to(gt_ptr.dtype.element_ty), mask=mask)
+    if WRITE_LOSS:
+        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+
+
+@triton.jit
+def _sum_kernel(x_ptr, partial_ptr, n, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(ACC)
+    tl.store(partial_ptr + pid, tl.sum(x, axis=0))
+
+
+@triton.jit
+def _finish_kernel(
+    partial_ptr, count, out_ptr, inverse_ptr, divisor_inv_ptr, divide_by,
+    ACC: tl.constexpr, HAS_OUT: tl.constexpr, HAS_INVERSE: tl.constexpr, DIVIDE: tl.constexpr,
+    HAS_DIVISOR: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """total = sum(partials) in a fixed order; out = total (/ divide_by if DIVIDE)
+    (* divisor_inv if HAS_DIVISOR); inverse = 1 / total."""
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, count, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(partial_ptr + offs, mask=offs < count, other=0.0).to(ACC)
+    total = tl.sum(acc, axis=0)
+    if HAS_OUT:
+        value = total
+        if DIVIDE:
+            value = value / tl.cast(divide_by, ACC)
+        if HAS_DIVISOR:
+            value = value * tl.load(divisor_inv_ptr)
+        tl.store(out_ptr, value.to(out_ptr.dtype.element_ty))
+    if HAS_INVERSE:
+        tl.store(inverse_ptr, 1.0 / total)
+
+
+@triton.jit
+def _scale_kernel(g_ptr, go_ptr, n, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    factor = tl.load(go_ptr).to(ACC)
+    if factor != 1.0:  # decided on the device: the last-layer case moves no memory
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+        tl.store(g_ptr + offs, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
+
+
+def _acc_of(dtype: torch.dtype):
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _device_scope(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else _NullScope()
+
+
+class _NullScope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sum_inverse(data: torch.Tensor, acc_tl, acc_torch) -> torch.Tensor:
+    """1 / sum(data) as a 0-d tensor on data's device, with no host sync."""
+    n = data.numel()
+    blocks = max(1, triton.cdiv(n, BLOCK))
+    partials = torch.empty(blocks, dtype=acc_torch, device=data.device)
+    _sum_kernel[(blocks,)](data, partials, n, ACC=acc_tl, BLOCK=BLOCK)
+    inverse = torch.empty((), dtype=acc_torch, device=data.device)
+    _finish_kernel[(1,)](partials, blocks, inverse, inverse, inverse, 1, ACC=acc_tl, HAS_OUT=False,
+                         HAS_INVERSE=True, DIVIDE=False, HAS_DIVISOR=False, BLOCK=FINISH_BLOCK)
+    return inverse
+
+
+def pointwise_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                   loss: int, reduction: int, param: float, need_grad_input: bool,
+                   need_grad_target: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad_input, grad_target) for same-shape contiguous tensors of one float dtype;
+    each gradient as if grad_output were 1, or an empty tensor when not asked for."""
+    n = input.numel()
+    empty = input.new_empty(0)
+    loss_out = torch.empty_like(input) if reduction == NONE else input.new_empty(())
+    grad_input = torch.empty_like(input) if need_grad_input else empty
+    grad_target = torch.empty_like(input) if need_grad_target else empty
+    acc_tl, acc_torch = _acc_of(input.dtype)
+    with _device_scope(input):
+        divisor_inv = None
+        if weight is not None and reduction == MEAN:
+            divisor_inv = _sum_inverse(weight, acc_tl, acc_torch)
+        mean_by_n = reduction == MEAN and weight is None
+        if n == 0:
+            if reduction != NONE:
+                loss_out.fill_(0.0 if reduction == SUM else float("nan"))
+            return loss_out, grad_input, grad_target
+        blocks = triton.cdiv(n, BLOCK)
+        partials = torch.empty(blocks if reduction != NONE else 1, dtype=acc_torch, device=input.device)
+        _pointwise_loss_kernel[(blocks,)](
+            input, target, weight if weight is not None else input, loss_out, grad_input,
+            grad_target, partials, divisor_inv if divisor_inv is not None else partials,
+            n, param,
+            LOSS=loss, ACC=acc_tl, HAS_WEIGHT=weight is not None, WRITE_LOSS=reduction == NONE,
+            MEAN_BY_N=mean_by_n,
+            GRAD_INPUT=need_grad_input, GRAD_TARGET=need_grad_target,
+            HAS_SCALE_PTR=divisor_inv is not None, BLOCK=BLOCK,
+        )
+        if reduction != NONE:
+            _finish_kernel[(1,)](
+                partials, blocks, loss_out, partials,
+                divisor_inv if divisor_inv is not None else partials, n,
+                ACC=acc_tl, HAS_OUT=True, HAS_INVERSE=False, DIVIDE=mean_by_n,
+                HAS_DIVISOR=divisor_inv is not None, BLOCK=FINISH_BLOCK,
+            )
+    return loss_out, grad_input, grad_target
+
+
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """grad *= grad_output in place; free (decided on the device) when a 0-d grad_output is 1."""
+    if grad_output.dim() != 0:
+        grad.mul_(grad_output)
+        return
+    n = grad.numel()
+    if n == 0:
+        return
+    acc_tl, _ = _acc_of(grad.dtype)
+    with _device_scope(grad):
+        _scale_kernel[(triton.cdiv(n, BLOCK),)](grad, grad_output, n, ACC=acc_tl, BLOCK=BLOCK)
