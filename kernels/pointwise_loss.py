@@ -142,10 +142,10 @@ def pointwise_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     """(loss, grad_input, grad_target) for same-shape contiguous tensors of one float dtype;
     each gradient as if grad_output were 1, or an empty tensor when not asked for."""
     n = input.numel()
-    empty = input.new_empty(0)
     loss_out = torch.empty_like(input) if reduction == NONE else input.new_empty(())
-    grad_input = torch.empty_like(input) if need_grad_input else empty
-    grad_target = torch.empty_like(input) if need_grad_target else empty
+    # distinct empty tensors: a custom op's outputs must not alias each other
+    grad_input = torch.empty_like(input) if need_grad_input else input.new_empty(0)
+    grad_target = torch.empty_like(input) if need_grad_target else input.new_empty(0)
     acc_tl, acc_torch = _acc_of(input.dtype)
     with _device_scope(input):
         divisor_inv = None

@@ -73,30 +73,43 @@ def _scale_op(backend: str):
 
 
 class PointwiseLossFunction(torch.autograd.Function):
-    """Forward runs the fused op (gradients included when needed); backward rescales them."""
+    """Forward runs the fused op (gradients included when needed); backward rescales them.
+
+    The gradients are held on ctx rather than saved: backward hands them to autograd and drops
+    its own reference, so autograd can keep them as .grad without a copy. A second backward
+    through the same graph (retain_graph=True) finds them gone and recomputes them from the
+    saved inputs.
+    """
 
     @staticmethod
     def forward(ctx, input, target, weight, loss_id, reduction, param, backend):
         need_gi, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         loss, grad_input, grad_target = _forward_op(backend)(
             input, target, weight, loss_id, reduction, param, need_gi, need_gt)
-        ctx.save_for_backward(grad_input, grad_target)
-        ctx.backend = backend
+        if need_gi or need_gt:
+            ctx.save_for_backward(input, target, weight)
+        ctx.grads = (grad_input, grad_target)
+        ctx.config = (loss_id, reduction, param, backend)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_input, grad_target = ctx.saved_tensors
-        scale = _scale_op(ctx.backend)
-        if ctx.needs_input_grad[0]:
+        need_gi, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss_id, reduction, param, backend = ctx.config
+        if ctx.grads is None:  # an earlier backward consumed them: recompute
+            input, target, weight = ctx.saved_tensors
+            _, grad_input, grad_target = _forward_op(backend)(
+                input, target, weight, loss_id, reduction, param, need_gi, need_gt)
+        else:
+            grad_input, grad_target = ctx.grads
+            ctx.grads = None
+        scale = _scale_op(backend)
+        if need_gi:
             scale(grad_input, grad_output)
-        else:
-            grad_input = None
-        if ctx.needs_input_grad[1]:
+        if need_gt:
             scale(grad_target, grad_output)
-        else:
-            grad_target = None
-        return grad_input, grad_target, None, None, None, None, None
+        return (grad_input if need_gi else None, grad_target if need_gt else None,
+                None, None, None, None, None)
 
 
 def pointwise_loss(fn: str, loss: str, input: torch.Tensor, target: torch.Tensor,

@@ -1,0 +1,49 @@
+# The commands the README quotes. `make test` and `make bench` set everything up first
+# (virtual environment, pinned torch, build), so each works on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+# torch infers the toolkit from `nvcc` on PATH, which may be a wrapper: name the real one.
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export MAX_JOBS ?= 2
+
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: setup test bench wheel gpu-check clean
+
+setup: $(VENV)/.built
+
+$(VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja setuptools wheel \
+		pytest pytest-benchmark
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# The whole suite: C++ CPU kernels natively, Triton kernels under TRITON_INTERPRET=1 (set by
+# tests/conftest.py when no GPU is present), CUDA tests where a GPU is present.
+test: setup
+	$(PY) -m pytest -q tests
+
+# The benchmark report (CPU here: two allocator regimes; see bench/README.md).
+bench: setup
+	@command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 && \
+		{ apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; } || true
+	$(PY) bench/report.py
+
+# A wheel for the GPUs in TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX), tagged with CUDA and torch.
+wheel: $(VENV)/.deps
+	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+# On the GPU validation machine (see ../shared/gpu.md): its own python3, no venv, no network.
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf build dist *.egg-info fastloss/_C*.so $(VENV)

@@ -1,0 +1,27 @@
+"""Shared test utilities: per-dtype tolerances and the float64 comparison."""
+
+import torch
+
+# (rtol, atol) for values and gradients computed in float32 (or float64) and stored in dtype.
+TOLERANCES = {
+    torch.float64: (1e-12, 1e-14),
+    torch.float32: (2e-5, 1e-6),
+    torch.float16: (3e-3, 1e-6),
+    torch.bfloat16: (2e-2, 1e-5),
+}
+DTYPES = list(TOLERANCES)
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str):
+    """actual (in dtype) against a float64 reference, NaN where the reference has NaN."""
+    rtol, atol = TOLERANCES[dtype]
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{what} ({dtype}): {m}")
+
+
+def random(shape, dtype, device, requires_grad=False, scale=1.0):
+    """Fresh normal values (never zeros), rounded to dtype."""
+    t = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype).to(device)
+    return t.requires_grad_(requires_grad)

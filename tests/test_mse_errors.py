@@ -1,0 +1,120 @@
+"""Bad input gets a clear error that names the argument and what was expected."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastloss
+from fastloss import _backend
+
+
+def test_integer_dtypes_rejected():
+    x = torch.ones(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"floating-point.*input=torch.int64"):
+        fastloss.mse_loss(x, x)
+
+
+def test_bool_and_complex_rejected():
+    b = torch.ones(3, dtype=torch.bool)
+    with pytest.raises(TypeError, match="floating-point"):
+        fastloss.mse_loss(b, b)
+    c = torch.ones(3, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="floating-point"):
+        fastloss.mse_loss(c, c)
+
+
+def test_mismatched_devices():
+    with pytest.raises(RuntimeError, match=r"target must be on the same device as input \(cpu\), got meta"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3, device="meta"))
+    with pytest.raises(RuntimeError, match="weight must be on the same device"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), weight=torch.ones(3, device="meta"))
+
+
+def test_shapes_that_do_not_broadcast():
+    with pytest.warns(UserWarning):
+        with pytest.raises(RuntimeError, match=r"shapes do not broadcast: input \(3,\), target \(4,\)"):
+            fastloss.mse_loss(torch.randn(3), torch.randn(4))
+
+
+def test_weight_of_wrong_size():
+    with pytest.raises(ValueError, match=r"weight must have input's size \(3,\), got \(1,\)"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), weight=torch.ones(1))
+
+
+def test_unknown_reduction():
+    with pytest.raises(ValueError, match=r"reduction must be 'none', 'mean' or 'sum', got 'avg'"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), reduction="avg")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'metal'"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="metal")
+
+
+def test_non_tensor_argument():
+    with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+        fastloss.mse_loss(torch.randn(3), [1.0, 2.0, 3.0])
+
+
+def test_cuda_backend_with_cpu_tensors():
+    if not _backend.cuda_built():
+        pytest.skip("this build has no CUDA kernels; the next test covers that message")
+    with pytest.raises(ValueError, match="backend 'cuda' takes CUDA tensors, got tensors on cpu"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="cuda")
+
+
+def test_backend_not_built_says_how_to_build(monkeypatch):
+    monkeypatch.setattr(_backend, "_extension", None)
+    monkeypatch.setattr(_backend, "_extension_error", "No module named 'fastloss._C'")
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' needs the compiled extension.*pip install --no-build-isolation -e \."):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="cpu")
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available.*FASTLOSS_CUDA=1"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="cuda")
+    # auto falls back to the plain formula and still computes the right value
+    x, t = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(fastloss.mse_loss(x, t), torch.nn.functional.mse_loss(x, t))
+
+
+def test_triton_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="triton")
+
+
+def test_bad_environment_backend_is_reported():
+    code = "import fastloss"
+    proc = subprocess.run([sys.executable, "-c", code], env={"FASTLOSS_BACKEND": "gpu", "PATH": ""},
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "FASTLOSS_BACKEND must be one of" in proc.stderr
+
+
+def test_environment_backend_sets_the_default():
+    code = ("import torch, fastloss; from fastloss import _backend; "
+            "print(_backend.resolve('auto', torch.device('cpu')))")
+    proc = subprocess.run([sys.executable, "-c", code], env={"FASTLOSS_BACKEND": "torch", "PATH": ""},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "torch"
+
+
+def test_op_level_checks():
+    x = torch.randn(4)
+    with pytest.raises(RuntimeError, match="target must have input's dtype"):
+        torch.ops.fastloss.pointwise_loss(x, x.double(), None, 0, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="target must have input's shape"):
+        torch.ops.fastloss.pointwise_loss(x, torch.randn(5), None, 0, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        torch.ops.fastloss.pointwise_loss(torch.randn(4, 2).t(), torch.randn(2, 4), None, 0, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="unknown pointwise loss id 99"):
+        torch.ops.fastloss.pointwise_loss(x, x, None, 99, 1, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="grad_output must be 0-d or have the gradient's shape"):
+        torch.ops.fastloss.scale_grad_(x, torch.randn(3))
+
+
+def test_python_m_fastloss_reports_backends():
+    proc = subprocess.run([sys.executable, "-m", "fastloss"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "extension fastloss._C: built" in proc.stdout
+    assert "backends that run here: cpu" in proc.stdout

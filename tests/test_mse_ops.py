@@ -1,0 +1,220 @@
+"""The op layer under MSE: opcheck on every op, torch.compile, gradcheck, determinism,
+single-pass training (what is computed, allocated and copied), and the half/bfloat16
+conversions of the C++ kernels."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.library import opcheck
+
+import fastloss
+from fastloss import _backend
+from fastloss.ops import pointwise
+from conftest import HAS_CUDA, backend_params
+from helpers import DTYPES, random
+
+FORWARD_OPS = {"cpu": "pointwise_loss", "cuda": "pointwise_loss", "triton": "pointwise_loss_triton"}
+SCALE_OPS = {"cpu": "scale_grad_", "cuda": "scale_grad_", "triton": "scale_grad_triton_"}
+KERNEL_BACKENDS = [p for p in backend_params() if p.values[0][0] != "torch"]
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+@pytest.mark.parametrize("grads", [(False, False), (True, False), (True, True)], ids=str)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_opcheck_forward(backend_device, dtype, reduction, grads, weighted):
+    backend, device = backend_device
+    op = getattr(torch.ops.fastloss, FORWARD_OPS[backend])
+    x, t = random((37,), dtype, device), random((37,), dtype, device)
+    w = random((37,), dtype, device).abs() if weighted else None
+    opcheck(op, (x, t, w, 0, reduction, 0.0, *grads))
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("grad_output", ["one", "scalar", "elementwise"])
+def test_opcheck_scale(backend_device, grad_output):
+    backend, device = backend_device
+    op = getattr(torch.ops.fastloss, SCALE_OPS[backend])
+    g = random((41,), torch.float32, device)
+    go = {"one": torch.tensor(1.0, device=device), "scalar": torch.tensor(-2.5, device=device),
+          "elementwise": random((41,), torch.float32, device)}[grad_output]
+    opcheck(op, (g, go))
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+def test_scale_is_exact_and_in_place(backend_device):
+    backend, device = backend_device
+    op = getattr(torch.ops.fastloss, SCALE_OPS[backend])
+    g = random((4099,), torch.float32, device)
+    before = g.clone()
+    op(g, torch.tensor(1.0, device=device))
+    assert torch.equal(g, before)
+    op(g, torch.tensor(3.0, device=device))
+    assert torch.equal(g, before * 3.0)
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("use_module", [False, True])
+def test_torch_compile_fullgraph_matches_eager(backend_device, use_module):
+    backend, device = backend_device
+    criterion = fastloss.MSELoss(backend=backend)
+
+    def step(x, t, w):
+        loss = criterion(x * w, t) if use_module else fastloss.mse_loss(x * w, t, backend=backend)
+        return loss * 2.0  # not the last layer: grad_output != 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "triton" and device == "cpu" else "inductor")
+    x = random((523,), torch.float32, device, requires_grad=True)
+    t, w = random((523,), torch.float32, device), random((523,), torch.float32, device)
+    out_c = compiled(x, t, w)
+    out_c.backward()
+    grad_c, x.grad = x.grad, None
+    out_e = step(x, t, w)
+    out_e.backward()
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(grad_c, x.grad)
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gradcheck_float64(backend_device, reduction, weighted):
+    backend, device = backend_device
+    x = random((3, 11), torch.float64, device, requires_grad=True)
+    t = random((3, 11), torch.float64, device, requires_grad=True)
+    w = random((3, 11), torch.float64, device).abs() + 0.1 if weighted else None
+    assert torch.autograd.gradcheck(
+        lambda a, b: fastloss.mse_loss(a, b, reduction=reduction, weight=w, backend=backend), (x, t))
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bitwise_deterministic(backend_device, dtype, weighted):
+    backend, device = backend_device
+    n = 3 * 16384 + 4099
+    x, t = random((n,), dtype, device), random((n,), dtype, device)
+    w = random((n,), dtype, device).abs() if weighted else None
+
+    def run():
+        xx, tt = x.clone().requires_grad_(), t.clone().requires_grad_()
+        loss = fastloss.mse_loss(xx, tt, weight=w, backend=backend)
+        loss.backward()
+        return loss.detach(), xx.grad, tt.grad
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b) or (a.isnan().all() and b.isnan().all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_result_independent_of_thread_count(dtype):
+    n = 9 * 16384 + 123
+    x, t = random((n,), dtype, "cpu", requires_grad=True), random((n,), dtype, "cpu")
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            x.grad = None
+            loss = fastloss.mse_loss(x, t, reduction="sum", backend="cpu")
+            loss.backward()
+            results.append((loss.detach().clone(), x.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+class ForwardSpy:
+    """Records the flags each forward op call received and (numel, data_ptr) of the gradients
+    it returned; it keeps no reference to them, which would force autograd to copy."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = pointwise._forward_op
+
+        def spy(backend):
+            op = original(backend)
+
+            def call(*args):
+                out = op(*args)
+                self.calls.append((args[-2:], tuple((o.numel(), o.data_ptr()) for o in out)))
+                return out
+
+            return call
+
+        monkeypatch.setattr(pointwise, "_forward_op", spy)
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+def test_no_gradient_computed_without_requires_grad(backend_device, monkeypatch):
+    backend, device = backend_device
+    spy = ForwardSpy(monkeypatch)
+    x, t = random((100,), torch.float32, device), random((100,), torch.float32, device)
+    fastloss.mse_loss(x, t, backend=backend)
+    (flags, (_, gi, gt)), = spy.calls
+    assert flags == (False, False) and gi[0] == 0 and gt[0] == 0
+    spy.calls.clear()
+    fastloss.mse_loss(x.requires_grad_(), t, backend=backend)
+    (flags, (_, gi, gt)), = spy.calls
+    assert flags == (True, False) and gi[0] == 100 and gt[0] == 0
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+def test_backward_hands_over_the_forward_gradient_without_copy(backend_device, monkeypatch):
+    backend, device = backend_device
+    spy = ForwardSpy(monkeypatch)
+    x = random((1000,), torch.float32, device, requires_grad=True)
+    t = random((1000,), torch.float32, device)
+    fastloss.mse_loss(x, t, backend=backend).backward()
+    (_, (_, (_, gi_ptr), _)), = spy.calls
+    assert x.grad.data_ptr() == gi_ptr  # the forward's buffer became .grad
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+def test_backward_twice_with_retain_graph(backend_device):
+    backend, device = backend_device
+    x = random((300,), torch.float32, device, requires_grad=True)
+    t = random((300,), torch.float32, device)
+    loss = fastloss.mse_loss(x, t, backend=backend) * 3.0
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    loss.backward()
+    torch.testing.assert_close(x.grad, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["half", "bfloat16"])
+def test_cpu_half_conversions_are_exact_for_every_value(kind):
+    # Every 16-bit pattern as input: the C++ kernel's loads and its round-to-nearest-even
+    # stores must agree bit for bit with torch's conversions of the same float32 math.
+    dtype = torch.float16 if kind == "half" else torch.bfloat16
+    x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    t = random((65536,), dtype, "cpu", scale=3.0)
+    expected = ((x.float() - t.float()) ** 2).to(dtype)
+    got = fastloss.mse_loss(x, t, reduction="none", backend="cpu")
+    nan = expected.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+    # gradient stores, including subnormal results (tiny differences scaled by 1/N)
+    xg = x.clone().requires_grad_()
+    fastloss.mse_loss(xg, t, reduction="sum", backend="cpu").backward()
+    expected_grad = (2.0 * (x.float() - t.float())).to(dtype)
+    ok = ~expected_grad.isnan()
+    assert torch.equal(xg.grad[ok].view(torch.int16), expected_grad[ok].view(torch.int16))
+
+
+@pytest.mark.cuda
+def test_cuda_non_default_stream():
+    x = random((1 << 20,), torch.float32, "cuda", requires_grad=True)
+    t = random((1 << 20,), torch.float32, "cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        loss = fastloss.mse_loss(x, t, backend="cuda")
+        loss.backward()
+    stream.synchronize()
+    ref = F.mse_loss(x.detach().double(), t.double())
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
