@@ -25,3 +25,11 @@ def random(shape, dtype, device, requires_grad=False, scale=1.0):
     """Fresh normal values (never zeros), rounded to dtype."""
     t = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype).to(device)
     return t.requires_grad_(requires_grad)
+
+
+def poison_allocator(device) -> None:
+    """Fill and free a block of the caching allocator with NaN, so a kernel output that reuses
+    it and is left unwritten shows up as NaN in the comparison."""
+    if torch.device(device).type == "cuda":
+        block = torch.empty(16 << 20, dtype=torch.float32, device=device).fill_(float("nan"))
+        del block

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import backend_params
-from helpers import DTYPES, assert_close_to_reference, random
+from helpers import DTYPES, assert_close_to_reference, poison_allocator, random
 
 REDUCTIONS = ["mean", "sum", "none"]
 # 0, 1, primes, one element past a Triton block (4096) and past a CPU chunk (16384).
@@ -31,6 +31,7 @@ def check(backend, device, dtype, input_shape, target_shape, reduction, weight_s
     x = random(input_shape, dtype, device, requires_grad=True)
     t = random(target_shape, dtype, device, requires_grad=True)
     w = None if weight_shape is None else random(weight_shape, dtype, device).abs() + 0.1
+    poison_allocator(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss = fastloss.mse_loss(x, t, reduction=reduction, weight=w, backend=backend)
@@ -176,3 +177,49 @@ def test_module_matches_torch_module(reduction):
     torch.testing.assert_close(ours(x, t), theirs(x, t), rtol=1e-6, atol=1e-6)
     legacy = fastloss.MSELoss(size_average=False)
     assert legacy.reduction == "sum" and legacy.backend == "auto"
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("offset", [1, 3])
+def test_misaligned_storage(backend_device, dtype, offset):
+    # Views that start off a 16-byte boundary take the kernels' scalar (unvectorized) path.
+    backend, device = backend_device
+    n = 5003
+    x_base = random((n + offset,), dtype, device)
+    t_base = random((n + 1,), dtype, device)
+    x_leaf = x_base.detach().requires_grad_()
+    x, t = x_leaf[offset:], t_base[1:]
+    poison_allocator(device)
+    loss = fastloss.mse_loss(x, t, reduction="sum", backend=backend)
+    ref, rx, _ = reference(x, t, "sum")
+    assert_close_to_reference(loss.detach().cpu(), ref.detach(), dtype, "loss")
+    loss.backward()
+    ref.backward()
+    assert_close_to_reference(x_leaf.grad[offset:].cpu(), rx.grad, dtype, "grad input")
+    assert (x_leaf.grad[:offset] == 0).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_more_than_2_to_the_31_elements(backend):
+    """int64 indexing: float32 tensors past 2^31 elements (input, target, gradient: 26 GB)."""
+    n = (1 << 31) + 4099
+    need = 3 * n * 4 + (6 << 30)
+    free, _ = torch.cuda.mem_get_info()
+    if free < need:
+        pytest.skip(f"needs about {need >> 30} GiB of free GPU memory, {free >> 30} GiB free")
+    x = torch.randn(n, device="cuda").requires_grad_()
+    t = torch.randn(n, device="cuda")
+    total = 0.0
+    for start in range(0, n, 1 << 28):
+        d = x.detach()[start:start + (1 << 28)].double() - t[start:start + (1 << 28)].double()
+        total += float((d * d).sum())
+    loss = fastloss.mse_loss(x, t, backend=backend)
+    assert abs(float(loss) - total / n) <= 1e-5 * total / n
+    loss.backward()
+    tail = slice(n - 5000, n)  # elements past 2^31
+    expected = 2.0 * (x.detach()[tail].double() - t[tail].double()) / n
+    torch.testing.assert_close(x.grad[tail].double(), expected, rtol=1e-5, atol=1e-15)
+    del x, t, loss
+    torch.cuda.empty_cache()

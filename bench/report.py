@@ -1,0 +1,176 @@
+"""The benchmark report: MSE forward+backward, fastloss vs torch eager vs torch.compile, with
+the copy bandwidth measured in the same run as the ceiling.
+
+    python bench/report.py [--sizes 18,22,25] [--out DIR]
+
+On CPU the cases run twice, each in its own process: with the default allocator (glibc hands
+large blocks back to the OS, so every freshly allocated output pays page faults on first
+touch) and with a caching allocator (libtcmalloc-minimal4 preloaded), which compares the
+kernels themselves. On a GPU the caching allocator is torch's own: one regime. Results go to
+--out (default: $OUT if set, else bench/results/) as JSON and Markdown; the table prints last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+TCMALLOC_CANDIDATES = [
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib64/libtcmalloc_minimal.so.4",
+]
+REGIMES = {
+    "default": "default allocator: fresh outputs pay page faults (glibc returns big blocks to the OS)",
+    "tcmalloc": "caching allocator (libtcmalloc-minimal4 preloaded): the kernels themselves",
+    "gpu": "torch's CUDA caching allocator",
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+
+
+def time_cpu(fn, min_time: float = 1.0, min_reps: int = 7, max_reps: int = 60) -> float:
+    """Median seconds of fn() after two warm-up calls."""
+    fn(); fn()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_reps or (time.perf_counter() - start < min_time and len(samples) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def time_gpu(fn) -> float:
+    """Median seconds by CUDA events; do_bench flushes the L2 before every call."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") / 1e3
+
+
+def measure(device: str, sizes: list[int], regime: str) -> dict:
+    import torch
+
+    import cases
+
+    timer = time_gpu if device == "cuda" else time_cpu
+    rows = []
+    for n in sizes:
+        copy, copy_bytes = cases.copy_step(n, torch.float32, device)
+        copy_s = timer(copy)
+        del copy
+        x, t = cases.make_inputs(n, torch.float32, device)
+        nbytes = cases.mse_bytes(n, torch.float32)
+        for name, factory in cases.providers(device).items():
+            step = factory()
+            seconds = timer(lambda: step(x, t))
+            rows.append({"n": n, "provider": name, "seconds": seconds, "bytes": nbytes,
+                         "gbps": nbytes / seconds / 1e9, "copy_gbps": copy_bytes / copy_s / 1e9})
+            print(f"  [{regime}] 2^{n.bit_length() - 1} {name:16s} {seconds * 1e3:9.3f} ms", flush=True)
+    return {"regime": regime, "description": REGIMES[regime], "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = [f"### MSE forward+backward, float32 — {result['description']}", "",
+             "| size | provider | time (ms) | GB/s | % of copy | vs eager | vs compile |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    by_size: dict[int, dict[str, dict]] = {}
+    for row in result["rows"]:
+        by_size.setdefault(row["n"], {})[row["provider"]] = row
+    for n, rows in by_size.items():
+        eager = rows.get("torch-eager", {}).get("seconds")
+        compiled = rows.get("torch-compile", {}).get("seconds")
+        for name, row in rows.items():
+            s = row["seconds"]
+            lines.append(
+                f"| 2^{n.bit_length() - 1} | {name} | {s * 1e3:.3f} | {row['gbps']:.1f} | "
+                f"{100 * row['gbps'] / row['copy_gbps']:.0f}% | "
+                f"{eager / s:.2f}x | {compiled / s:.2f}x |")
+        any_row = next(iter(rows.values()))
+        lines.append(f"| 2^{n.bit_length() - 1} | (copy ceiling) | | {any_row['copy_gbps']:.1f} | 100% | | |")
+    return "\n".join(lines)
+
+
+def run_child(regime: str, sizes: list[int], preload: str | None) -> dict:
+    env = dict(os.environ)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    out = subprocess.run([sys.executable, __file__, "--child", regime, "--sizes",
+                          ",".join(str(n.bit_length() - 1) for n in sizes)],
+                         env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=None, help="comma-separated powers of two")
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    default_sizes = "22,25,28" if device == "cuda" else "18,22,25"
+    sizes = [1 << int(p) for p in (args.sizes or default_sizes).split(",")]
+
+    if args.child:  # one regime, in this process; the JSON goes last on stdout
+        result = measure(device, sizes, args.child)
+        print(json.dumps(result))
+        return
+
+    import fastloss
+
+    if device == "cuda":
+        machine = torch.cuda.get_device_name()
+        results = [measure(device, sizes, "gpu")]
+    else:
+        machine = cpu_name()
+        results = [run_child("default", sizes, None)]
+        tcmalloc = next((p for p in TCMALLOC_CANDIDATES if Path(p).exists()), None)
+        if tcmalloc:
+            results.append(run_child("tcmalloc", sizes, tcmalloc))
+        else:
+            print("note: libtcmalloc_minimal.so.4 not found (apt-get install libtcmalloc-minimal4): "
+                  "caching-allocator regime skipped", file=sys.stderr)
+
+    commit = os.environ.get("FASTLOSS_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip() or "unknown"
+    meta = {"machine": machine, "device": device, "torch": torch.__version__,
+            "fastloss": fastloss.__version__, "commit": commit, "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    header = (f"fastloss benchmark report — {machine} — torch {meta['torch']}, "
+              f"{meta['threads']} threads, commit {commit}, {meta['date']}")
+    markdown = "\n\n".join([f"## {header}"] + [table(r) for r in results]) + "\n"
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "gpu" if device == "cuda" else "cpu"
+    (out / f"mse-report-{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (out / f"mse-report-{tag}.md").write_text(markdown)
+    print()
+    print(markdown)
+    print(f"(written to {out}/mse-report-{tag}.md and .json)")
+
+
+if __name__ == "__main__":
+    main()
