@@ -34,7 +34,11 @@ echo "== versions"
 
 echo "== tests"
 start=$(date +%s)
-"$PY" -m pytest -q -p no:cacheprovider tests -o addopts="" -rfE >"$OUT/tests.log" 2>&1
+# parallel workers where pytest-xdist exists: most of the time is Triton/inductor compilation
+XDIST=""
+"$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
+timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider tests -o addopts="" -rfE $XDIST \
+  >"$OUT/tests.log" 2>&1
 tests_rc=$?
 echo "tests exit $tests_rc in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20

@@ -1,5 +1,6 @@
 """Bad input gets a clear error that names the argument and what was expected."""
 
+import os
 import subprocess
 import sys
 
@@ -85,7 +86,7 @@ def test_triton_on_cpu_without_interpreter(monkeypatch):
 
 def test_bad_environment_backend_is_reported():
     code = "import fastloss"
-    proc = subprocess.run([sys.executable, "-c", code], env={"FASTLOSS_BACKEND": "gpu", "PATH": ""},
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTLOSS_BACKEND": "gpu"},
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "FASTLOSS_BACKEND must be one of" in proc.stderr
 
@@ -93,7 +94,7 @@ def test_bad_environment_backend_is_reported():
 def test_environment_backend_sets_the_default():
     code = ("import torch, fastloss; from fastloss import _backend; "
             "print(_backend.resolve('auto', torch.device('cpu')))")
-    proc = subprocess.run([sys.executable, "-c", code], env={"FASTLOSS_BACKEND": "torch", "PATH": ""},
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTLOSS_BACKEND": "torch"},
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "torch"
