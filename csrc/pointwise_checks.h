@@ -9,6 +9,9 @@
 #include "formulas/pointwise.h"
 
 namespace fastloss {
+// Internal linkage: this header is compiled by both g++ (CPU) and nvcc (CUDA); one shared
+// inline definition picked by the linker from either would be an ODR hazard.
+namespace {
 
 inline void check_pointwise_args(const at::Tensor& input, const at::Tensor& target,
                                  const std::optional<at::Tensor>& weight, int64_t loss,
@@ -51,4 +54,5 @@ inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& grad
   TORCH_CHECK(grad.is_contiguous(), "fastloss: the saved gradient must be contiguous");
 }
 
+}  // namespace
 }  // namespace fastloss

@@ -17,10 +17,10 @@ SHAPES = [(0,), (1,), (7,), (4097,), (16411,), (3, 5, 7), ()]
 
 
 def reference(input, target, reduction, weight=None):
-    """F.mse_loss on float64 copies, with autograd."""
-    x = input.detach().double().requires_grad_()
-    t = target.detach().double().requires_grad_()
-    w = None if weight is None else weight.detach().double()
+    """F.mse_loss on float64 CPU copies, with autograd."""
+    x = input.detach().cpu().double().requires_grad_()
+    t = target.detach().cpu().double().requires_grad_()
+    w = None if weight is None else weight.detach().cpu().double()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss = F.mse_loss(x, t, reduction=reduction, weight=w)
