@@ -125,8 +125,14 @@ def pointwise_loss(fn: str, loss: str, input: torch.Tensor, target: torch.Tensor
         _args.check_tensor(fn, "weight", weight)
     reduction_id = _args.check_reduction(fn, reduction)
     _args.check_same_device(fn, "input", input, target=target, weight=weight)
-    dtype = _args.result_dtype(fn, input=input, target=target, weight=weight)
-    shape = _args.broadcast_shape(fn, input=input, target=target, weight=weight)
+    # The common call (same shape, same float dtype) skips the general promotion and
+    # broadcasting rules, which cost more host time than a small kernel.
+    shape, dtype = input.shape, input.dtype
+    same = target.shape == shape and target.dtype == dtype and (
+        weight is None or (weight.shape == shape and weight.dtype == dtype))
+    if not same or dtype not in _args.KERNEL_DTYPES:
+        dtype = _args.result_dtype(fn, input=input, target=target, weight=weight)
+        shape = _args.broadcast_shape(fn, input=input, target=target, weight=weight)
     chosen = _backend.resolve(backend, input.device)
 
     # The plain formula serves the "torch" backend, a weight that needs its own gradient
