@@ -5,9 +5,13 @@ TORCH_LIBRARY(fastloss, m) {
   // Evaluates a pointwise loss over same-shape contiguous tensors in one pass. Returns
   // (loss, grad_input, grad_target): loss is 0-d for mean/sum and input-shaped for none; each
   // gradient is d loss / d tensor as if grad_output were 1, or an empty tensor when not asked.
+  // weight and pos_weight are either input-sized or a contiguous block whose numel divides
+  // input's, repeated over the leading elements (a broadcast over leading dimensions).
+  // "mean" divides by sum(weight) when mean_by_weight_sum (then weight is input-sized), else by N.
   m.def(
-      "pointwise_loss(Tensor input, Tensor target, Tensor? weight, int loss, int reduction, "
-      "float param, bool need_grad_input, bool need_grad_target) -> (Tensor, Tensor, Tensor)");
+      "pointwise_loss(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, int loss, "
+      "int reduction, float param, bool mean_by_weight_sum, bool need_grad_input, "
+      "bool need_grad_target) -> (Tensor, Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

@@ -13,11 +13,30 @@ namespace fastloss {
 // inline definition picked by the linker from either would be an ODR hazard.
 namespace {
 
+inline void check_operand(const char* name, const at::Tensor& input,
+                          const std::optional<at::Tensor>& operand) {
+  if (!operand.has_value()) return;
+  const auto& w = *operand;
+  TORCH_CHECK(w.scalar_type() == input.scalar_type(), "fastloss: ", name,
+              " must have input's dtype ", input.scalar_type(), ", got ", w.scalar_type());
+  TORCH_CHECK(w.device() == input.device(), "fastloss: ", name, " must be on input's device ",
+              input.device(), ", got ", w.device());
+  TORCH_CHECK(w.is_contiguous(), "fastloss: ", name, " must be contiguous");
+  const int64_t n = input.numel(), period = w.numel();
+  TORCH_CHECK(period == n || (period > 0 && n % period == 0), "fastloss: ", name,
+              " must have input's numel ", n, " or a divisor of it (a repeated block), got ", period);
+}
+
+// 0 for an operand of input's size (index i), else the length of its repeated block.
+inline int64_t operand_period(const at::Tensor& input, const std::optional<at::Tensor>& operand) {
+  return (!operand.has_value() || operand->numel() == input.numel()) ? 0 : operand->numel();
+}
+
 inline void check_pointwise_args(const at::Tensor& input, const at::Tensor& target,
-                                 const std::optional<at::Tensor>& weight, int64_t loss,
-                                 int64_t reduction) {
-  TORCH_CHECK(loss == int64_t(PointwiseLoss::kSquaredError),
-              "fastloss: unknown pointwise loss id ", loss);
+                                 const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& pos_weight, int64_t loss,
+                                 int64_t reduction, bool mean_by_weight_sum) {
+  TORCH_CHECK(loss >= 0 && loss < kNumPointwiseLosses, "fastloss: unknown pointwise loss id ", loss);
   TORCH_CHECK(reduction >= 0 && reduction <= 2,
               "fastloss: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
   const auto dtype = input.scalar_type();
@@ -32,16 +51,11 @@ inline void check_pointwise_args(const at::Tensor& input, const at::Tensor& targ
               input.device(), ", got ", target.device());
   TORCH_CHECK(input.is_contiguous() && target.is_contiguous(),
               "fastloss: input and target must be contiguous");
-  if (weight.has_value()) {
-    const auto& w = *weight;
-    TORCH_CHECK(w.scalar_type() == dtype, "fastloss: weight must have input's dtype ", dtype,
-                ", got ", w.scalar_type());
-    TORCH_CHECK(w.sizes() == input.sizes(), "fastloss: weight must have input's shape ",
-                input.sizes(), ", got ", w.sizes());
-    TORCH_CHECK(w.device() == input.device(), "fastloss: weight must be on input's device ",
-                input.device(), ", got ", w.device());
-    TORCH_CHECK(w.is_contiguous(), "fastloss: weight must be contiguous");
-  }
+  check_operand("weight", input, weight);
+  check_operand("pos_weight", input, pos_weight);
+  TORCH_CHECK(!mean_by_weight_sum || reduction != int64_t(Reduction::kMean) || !weight.has_value() ||
+                  weight->numel() == input.numel(),
+              "fastloss: a mean by the sum of weight needs an input-sized weight");
 }
 
 inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& grad_output) {

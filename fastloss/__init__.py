@@ -6,9 +6,13 @@
 """
 
 from ._backend import available as available_backends
-from .functional import mse_loss
-from .nn import MSELoss
+from .functional import binary_cross_entropy_with_logits, huber_loss, l1_loss, mse_loss, smooth_l1_loss
+from .nn import BCEWithLogitsLoss, HuberLoss, L1Loss, MSELoss, SmoothL1Loss
 
 __version__ = "0.1.0"
 
-__all__ = ["MSELoss", "available_backends", "mse_loss", "__version__"]
+__all__ = [
+    "BCEWithLogitsLoss", "HuberLoss", "L1Loss", "MSELoss", "SmoothL1Loss",
+    "available_backends", "binary_cross_entropy_with_logits", "huber_loss", "l1_loss",
+    "mse_loss", "smooth_l1_loss", "__version__",
+]

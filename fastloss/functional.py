@@ -10,10 +10,25 @@ import warnings
 
 import torch
 
-from . import _args
-from .ops.pointwise import pointwise_loss
+from . import _args, reference
+from .ops import pointwise as ops
 
-__all__ = ["mse_loss"]
+__all__ = ["binary_cross_entropy_with_logits", "huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
+
+
+def _warn_size_mismatch(input, target) -> None:
+    if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size "
+            f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.", stacklevel=3)
+
+
+def _check_weight_size(fn: str, input, weight) -> None:
+    if weight is not None and isinstance(weight, torch.Tensor) and isinstance(input, torch.Tensor) \
+            and weight.size() != input.size():
+        raise ValueError(f"fastloss.{fn}: weight must have input's size {tuple(input.shape)}, "
+                         f"got {tuple(weight.shape)} (torch: Weights and input must have the same size.)")
 
 
 def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -32,17 +47,80 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
     Returns:
         A 0-d tensor for "mean"/"sum", the broadcast shape for "none", in the promoted dtype.
     """
-    _args.check_tensor("mse_loss", "input", input)
-    _args.check_tensor("mse_loss", "target", target)
-    if target.size() != input.size():
-        warnings.warn(
-            f"Using a target size ({target.size()}) that is different to the input size "
-            f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
-            "Please ensure they have the same size.", stacklevel=2)
+    _warn_size_mismatch(input, target)
     reduction = _args.legacy_reduction(size_average, reduce, reduction)
-    if weight is not None:
-        _args.check_tensor("mse_loss", "weight", weight)
-        if weight.size() != input.size():
-            raise ValueError(f"fastloss.mse_loss: weight must have input's size {tuple(input.shape)}, "
-                             f"got {tuple(weight.shape)} (torch: Weights and input must have the same size.)")
-    return pointwise_loss("mse_loss", "mse_loss", input, target, weight, reduction, 0.0, backend)
+    _check_weight_size("mse_loss", input, weight)
+    return ops.pointwise_loss(ops.MSE, input, target, weight, None, reduction, 0.0, backend,
+                              lambda: reference.mse_loss(input, target, reduction, weight))
+
+
+def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
+            reduce: bool | None = None, reduction: str = "mean",
+            weight: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+    """Mean absolute error, optionally weighted: torch.nn.functional.l1_loss, fused.
+
+    Arguments as :func:`mse_loss`. The gradient at input == target is 0, as torch's.
+    """
+    _warn_size_mismatch(input, target)
+    reduction = _args.legacy_reduction(size_average, reduce, reduction)
+    _check_weight_size("l1_loss", input, weight)
+    return ops.pointwise_loss(ops.L1, input, target, weight, None, reduction, 0.0, backend,
+                              lambda: reference.l1_loss(input, target, reduction, weight))
+
+
+def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
+                   reduce: bool | None = None, reduction: str = "mean", beta: float = 1.0, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """Smooth L1: torch.nn.functional.smooth_l1_loss, fused.
+
+    0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (d = input - target); beta = 0 is
+    exactly L1, as in torch; a negative beta is an error, as in torch.
+    """
+    _warn_size_mismatch(input, target)
+    reduction = _args.legacy_reduction(size_average, reduce, reduction)
+    beta = float(beta)
+    if beta < 0:
+        raise RuntimeError(f"fastloss.smooth_l1_loss: beta must be >= 0 (torch: smooth_l1_loss does "
+                           f"not support negative values for beta.), got {beta}")
+    spec = ops.L1 if beta == 0.0 else ops.SMOOTH_L1
+    return ops.pointwise_loss(spec, input, target, None, None, reduction, beta, backend,
+                              lambda: reference.smooth_l1_loss(input, target, reduction, beta))
+
+
+def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+               delta: float = 1.0, weight: torch.Tensor | None = None, *,
+               backend: str = "auto") -> torch.Tensor:
+    """Huber loss: torch.nn.functional.huber_loss, fused.
+
+    0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta). delta must be positive. With a
+    weight, "mean" divides by the element count (torch's rule for Huber, unlike MSE and L1).
+    """
+    _warn_size_mismatch(input, target)
+    delta = float(delta)
+    if not delta > 0:
+        raise RuntimeError(f"fastloss.huber_loss: delta must be > 0 (torch: huber_loss does not "
+                           f"support non-positive values for delta.), got {delta}")
+    _check_weight_size("huber_loss", input, weight)
+    return ops.pointwise_loss(ops.HUBER, input, target, weight, None, reduction, delta, backend,
+                              lambda: reference.huber_loss(input, target, reduction, delta, weight))
+
+
+def binary_cross_entropy_with_logits(
+        input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+        size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean",
+        pos_weight: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+    """Binary cross-entropy on logits: torch.nn.functional.binary_cross_entropy_with_logits, fused.
+
+    Stable for logits of any magnitude (one exp of -|x|). target must have input's size and may
+    lie outside [0, 1] (torch allows it) and requires grad if you like; weight and pos_weight
+    broadcast against input as in torch (a per-class pos_weight of shape (C,) is read, not
+    copied); "mean" divides by the element count.
+    """
+    reduction = _args.legacy_reduction(size_average, reduce, reduction)
+    fn = "binary_cross_entropy_with_logits"
+    if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and target.size() != input.size():
+        raise ValueError(f"fastloss.{fn}: target must have input's size {tuple(input.shape)}, got "
+                         f"{tuple(target.shape)} (torch: Target size must be the same as input size)")
+    return ops.pointwise_loss(
+        ops.BCE_WITH_LOGITS, input, target, weight, pos_weight, reduction, 0.0, backend,
+        lambda: reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight))

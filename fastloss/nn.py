@@ -1,4 +1,5 @@
-"""nn.Module drop-ins: subclasses of the torch losses, so constructors and attributes match."""
+"""nn.Module drop-ins: subclasses of the torch losses, so constructors and attributes match.
+Each adds a keyword-only ``backend`` ("auto" | "cpu" | "cuda" | "triton" | "torch")."""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ import torch
 
 from . import functional
 
-__all__ = ["MSELoss"]
+__all__ = ["BCEWithLogitsLoss", "HuberLoss", "L1Loss", "MSELoss", "SmoothL1Loss"]
 
 
 class MSELoss(torch.nn.MSELoss):
-    """torch.nn.MSELoss computed by fastloss's fused kernels.
-
-    Same constructor as torch.nn.MSELoss, plus a keyword-only ``backend``
-    ("auto" | "cpu" | "cuda" | "triton" | "torch").
-    """
+    """torch.nn.MSELoss computed by fastloss's fused kernels."""
 
     def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
                  reduction: str = "mean", *, backend: str = "auto") -> None:
@@ -23,3 +20,56 @@ class MSELoss(torch.nn.MSELoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.mse_loss(input, target, reduction=self.reduction, backend=self.backend)
+
+
+class L1Loss(torch.nn.L1Loss):
+    """torch.nn.L1Loss computed by fastloss's fused kernels."""
+
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", *, backend: str = "auto") -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.l1_loss(input, target, reduction=self.reduction, backend=self.backend)
+
+
+class SmoothL1Loss(torch.nn.SmoothL1Loss):
+    """torch.nn.SmoothL1Loss computed by fastloss's fused kernels."""
+
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", beta: float = 1.0, *, backend: str = "auto") -> None:
+        super().__init__(size_average, reduce, reduction, beta)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
+                                         backend=self.backend)
+
+
+class HuberLoss(torch.nn.HuberLoss):
+    """torch.nn.HuberLoss computed by fastloss's fused kernels."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0, *, backend: str = "auto") -> None:
+        super().__init__(reduction, delta)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.huber_loss(input, target, reduction=self.reduction, delta=self.delta,
+                                     backend=self.backend)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    """torch.nn.BCEWithLogitsLoss computed by fastloss's fused kernels (weight and pos_weight
+    are buffers, as in torch)."""
+
+    def __init__(self, weight: torch.Tensor | None = None, size_average: bool | None = None,
+                 reduce: bool | None = None, reduction: str = "mean",
+                 pos_weight: torch.Tensor | None = None, *, backend: str = "auto") -> None:
+        super().__init__(weight, size_average, reduce, reduction, pos_weight)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.binary_cross_entropy_with_logits(
+            input, target, self.weight, pos_weight=self.pos_weight, reduction=self.reduction,
+            backend=self.backend)

@@ -1,30 +1,94 @@
-"""Plain-torch formulas of every loss: the test oracle, and the "torch" backend.
+"""Plain-torch versions of every loss: the test oracle, and the "torch" backend.
 
-Written as the loss is defined, not as a kernel computes it, so that autograd through these
-gives the reference gradients.
+Elementwise terms come from torch's own ops (so values and gradients, NaN cases included, are
+torch's); weighting and reduction follow torch.nn.functional. The masked MSE, which torch does
+not have, is written out as its definition.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
-def reduce(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply a reduction to an elementwise (already weighted) loss; a weighted mean divides by
-    the sum of the weights, as torch's weighted losses do."""
+def reduce(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None = None,
+           mean_by_weight_sum: bool = False) -> torch.Tensor:
+    """Apply a reduction to an elementwise (already weighted) loss. A weighted "mean" divides
+    by the sum of the weights where torch does (MSE, L1), else by the element count."""
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
-    if weight is not None:
+    if weight is not None and mean_by_weight_sum:
         return loss.sum() / weight.sum()  # torch sums the weight as given, not broadcast
     return loss.mean()
 
 
-def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
-             weight: torch.Tensor | None = None) -> torch.Tensor:
-    """mean/sum/none of weight * (input - target)^2, broadcasting input and target."""
-    loss = (input - target) ** 2
+def _weighted(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None,
+              mean_by_weight_sum: bool) -> torch.Tensor:
     if weight is not None:
         loss = loss * weight
-    return reduce(loss, reduction, weight)
+    return reduce(loss, reduction, weight, mean_by_weight_sum)
+
+
+def mse_loss(input, target, reduction="mean", weight=None):
+    """mean/sum/none of weight * (input - target)^2."""
+    return _weighted((input - target) ** 2, reduction, weight, True)
+
+
+def l1_loss(input, target, reduction="mean", weight=None):
+    """mean/sum/none of weight * |input - target|."""
+    return _weighted((input - target).abs(), reduction, weight, True)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """Smooth L1 (beta = 0 is L1, as in torch)."""
+    with _quiet():
+        return reduce(F.smooth_l1_loss(input, target, reduction="none", beta=beta), reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+    """Huber; a weighted "mean" divides by the element count, as torch does."""
+    with _quiet():
+        return _weighted(F.huber_loss(input, target, reduction="none", delta=delta), reduction, weight, False)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """BCE on logits with torch's stable formula; float16/bfloat16 go through float32, as the
+    kernels do (torch's composite in half precision loses most digits to cancellation)."""
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        up = [None if t is None else t.float() for t in (input, target, weight, pos_weight)]
+        out = F.binary_cross_entropy_with_logits(up[0], up[1], up[2], reduction=reduction, pos_weight=up[3])
+        return out.to(dtype)
+    return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)
+
+
+def masked_mse_loss(input, target, mask, norm_target=False, eps=1e-6):
+    """The masked autoencoder's patch loss: input, target (N, L, P), mask (N, L).
+
+    Per patch: the target optionally normalised by its own mean and unbiased variance,
+    (t - mean) / sqrt(var + eps); the mean over P of the squared error; then
+    sum(patch_loss * mask) / sum(mask).
+    """
+    if norm_target:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + eps) ** 0.5
+    patch_loss = ((input - target) ** 2).mean(dim=-1)
+    mask = mask.to(patch_loss.dtype)
+    return (patch_loss * mask).sum() / mask.sum()
+
+
+class _quiet:
+    """Silences torch's size-mismatch warning (the public function already gave it)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

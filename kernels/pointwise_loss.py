@@ -6,12 +6,14 @@ loss sum as one partial; a one-program kernel adds the partials in a fixed order
 depends only on the element count, so the same inputs give the same bits on every run.
 """
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
 
 # Loss ids, the same numbers as fastloss::PointwiseLoss in csrc/formulas/pointwise.h.
-SQUARED_ERROR = 0
+SQUARED_ERROR, ABSOLUTE_ERROR, SMOOTH_L1, HUBER, BCE_WITH_LOGITS = 0, 1, 2, 3, 4
 # Reduction ids, as torch's at::Reduction.
 NONE, MEAN, SUM = 0, 1, 2
 
@@ -20,21 +22,71 @@ FINISH_BLOCK = 1024
 
 
 @triton.jit
-def pointwise_formula(x, t, param, LOSS: tl.constexpr):
-    """(loss, d loss / d x, d loss / d t) of the loss LOSS, elementwise."""
-    # LOSS == 0, squared error: (x - t)^2.
+def _sign(d):
+    # torch.sign: 0 for NaN, so L1's gradient at NaN is 0 as in torch
+    return (d > 0).to(d.dtype) - (d < 0).to(d.dtype)
+
+
+@triton.jit
+def _log1p_nonneg(y):
+    # log(1 + y) for y >= 0, exact for tiny y: log(u) * y / (u - 1) corrects u = 1 + y's rounding
+    u = 1.0 + y
+    d = u - 1.0
+    return tl.where(d == 0.0, y, tl.log(u) * (y / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def pointwise_formula(x, t, param, aux, LOSS: tl.constexpr):
+    """(loss, d loss / d x, d loss / d t) of the loss LOSS, elementwise; the same formulas as
+    csrc/formulas/pointwise.h. param: beta or delta; aux: BCE's pos_weight (1 otherwise)."""
     diff = x - t
-    loss = diff * diff
-    d_input = 2.0 * diff
-    d_target = -d_input
+    abs_diff = tl.abs(diff)
+    if LOSS == 0:  # squared error
+        loss = diff * diff
+        d_input = 2.0 * diff
+        d_target = -d_input
+    elif LOSS == 1:  # absolute error
+        loss = abs_diff
+        d_input = _sign(diff)
+        d_target = -d_input
+    elif LOSS == 2:  # smooth L1, beta > 0
+        loss = tl.where(abs_diff < param, 0.5 * diff * diff / param, abs_diff - 0.5 * param)
+        d_input = tl.where(diff < -param, -1.0, tl.where(diff > param, 1.0, diff / param))
+        d_target = -d_input
+    elif LOSS == 3:  # Huber, delta > 0
+        loss = tl.where(abs_diff < param, 0.5 * diff * diff, param * (abs_diff - 0.5 * param))
+        d_input = tl.where(diff < -param, -param, tl.where(diff > param, param, diff))
+        d_target = -d_input
+    else:  # BCE with logits, pos_weight = aux
+        abs_x = tl.abs(x)
+        e = tl.exp(-abs_x)
+        softplus_neg = _log1p_nonneg(e) + tl.where(x < 0, -x, 0.0)
+        sigmoid = tl.where(x < 0, e, 1.0) / (1.0 + e)
+        c = 1.0 + (aux - 1.0) * t
+        loss = (1.0 - t) * x + c * softplus_neg
+        d_input = c * sigmoid - aux * t
+        d_target = (aux - 1.0) * softplus_neg - x
     return loss, d_input, d_target
 
 
 @triton.jit
+def _load_operand(ptr, offs, mask, period, HAS: tl.constexpr, PERIODIC: tl.constexpr, ACC: tl.constexpr):
+    if HAS:
+        if PERIODIC:
+            value = tl.load(ptr + offs % period, mask=mask, other=1.0).to(ACC)
+        else:
+            value = tl.load(ptr + offs, mask=mask, other=1.0).to(ACC)
+    else:
+        value = tl.full(offs.shape, 1.0, ACC)
+    return value
+
+
+@triton.jit
 def _pointwise_loss_kernel(
-    x_ptr, t_ptr, w_ptr, loss_ptr, gx_ptr, gt_ptr, partial_ptr, scale_ptr,
-    n, param,
-    LOSS: tl.constexpr, ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, WRITE_LOSS: tl.constexpr,
+    x_ptr, t_ptr, w_ptr, pw_ptr, loss_ptr, gx_ptr, gt_ptr, partial_ptr, scale_ptr,
+    n, param_hi, param_lo, w_period, pw_period,
+    LOSS: tl.constexpr, ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, W_PERIODIC: tl.constexpr,
+    HAS_POS_WEIGHT: tl.constexpr, PW_PERIODIC: tl.constexpr, WRITE_LOSS: tl.constexpr,
     MEAN_BY_N: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, HAS_SCALE_PTR: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -44,7 +96,10 @@ def _pointwise_loss_kernel(
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
-    loss, d_input, d_target = pointwise_formula(x, t, param, LOSS)
+    # param arrives as two float32 halves so that float64 losses see it to ~48 bits
+    param = tl.cast(param_hi, ACC) + tl.cast(param_lo, ACC)
+    aux = _load_operand(pw_ptr, offs, mask, pw_period, HAS_POS_WEIGHT, PW_PERIODIC, ACC)
+    loss, d_input, d_target = pointwise_formula(x, t, param, aux, LOSS)
     # The gradient scale: 1/N for "mean", 1/sum(weight) (on the device) for weighted "mean".
     scale = tl.full([], 1.0, ACC)
     if MEAN_BY_N:
@@ -52,7 +107,7 @@ def _pointwise_loss_kernel(
     if HAS_SCALE_PTR:
         scale = scale * tl.load(scale_ptr)
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(ACC)
+        w = _load_operand(w_ptr, offs, mask, w_period, HAS_WEIGHT, W_PERIODIC, ACC)
         loss = loss * w
         d_input = d_input * w
         d_target = d_target * w
@@ -136,11 +191,18 @@ def _sum_inverse(data: torch.Tensor, acc_tl, acc_torch) -> torch.Tensor:
     return inverse
 
 
+def _period(input: torch.Tensor, operand: torch.Tensor | None) -> int:
+    return 0 if operand is None or operand.numel() == input.numel() else operand.numel()
+
+
 def pointwise_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                   loss: int, reduction: int, param: float, need_grad_input: bool,
+                   pos_weight: torch.Tensor | None, loss: int, reduction: int, param: float,
+                   mean_by_weight_sum: bool, need_grad_input: bool,
                    need_grad_target: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad_input, grad_target) for same-shape contiguous tensors of one float dtype;
-    each gradient as if grad_output were 1, or an empty tensor when not asked for."""
+    each gradient as if grad_output were 1, or an empty tensor when not asked for. weight and
+    pos_weight are input-sized or a block repeated over the leading elements; "mean" divides
+    by sum(weight) when mean_by_weight_sum, else by N."""
     n = input.numel()
     loss_out = torch.empty_like(input) if reduction == NONE else input.new_empty(())
     # distinct empty tensors: a custom op's outputs must not alias each other
@@ -149,20 +211,27 @@ def pointwise_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     acc_tl, acc_torch = _acc_of(input.dtype)
     with _device_scope(input):
         divisor_inv = None
-        if weight is not None and reduction == MEAN:
+        by_weight = weight is not None and mean_by_weight_sum
+        if by_weight and reduction == MEAN:
             divisor_inv = _sum_inverse(weight, acc_tl, acc_torch)
-        mean_by_n = reduction == MEAN and weight is None
+        mean_by_n = reduction == MEAN and not by_weight
         if n == 0:
             if reduction != NONE:
                 loss_out.fill_(0.0 if reduction == SUM else float("nan"))
             return loss_out, grad_input, grad_target
         blocks = triton.cdiv(n, BLOCK)
         partials = torch.empty(blocks if reduction != NONE else 1, dtype=acc_torch, device=input.device)
+        param_hi = struct.unpack("f", struct.pack("f", param))[0]
+        param_lo = float(param - param_hi)
+        w_period, pw_period = _period(input, weight), _period(input, pos_weight)
         _pointwise_loss_kernel[(blocks,)](
-            input, target, weight if weight is not None else input, loss_out, grad_input,
+            input, target, weight if weight is not None else input,
+            pos_weight if pos_weight is not None else input, loss_out, grad_input,
             grad_target, partials, divisor_inv if divisor_inv is not None else partials,
-            n, param,
-            LOSS=loss, ACC=acc_tl, HAS_WEIGHT=weight is not None, WRITE_LOSS=reduction == NONE,
+            n, param_hi, param_lo, max(w_period, 1), max(pw_period, 1),
+            LOSS=loss, ACC=acc_tl, HAS_WEIGHT=weight is not None, W_PERIODIC=w_period > 0,
+            HAS_POS_WEIGHT=pos_weight is not None, PW_PERIODIC=pw_period > 0,
+            WRITE_LOSS=reduction == NONE,
             MEAN_BY_N=mean_by_n,
             GRAD_INPUT=need_grad_input, GRAD_TARGET=need_grad_target,
             HAS_SCALE_PTR=divisor_inv is not None, BLOCK=BLOCK,

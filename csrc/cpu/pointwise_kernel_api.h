@@ -13,6 +13,9 @@ struct PointwiseArgs {
   const void* input;
   const void* target;
   const void* weight;   // per-element weight, or null for 1
+  const void* aux;      // per-element auxiliary operand (BCE's pos_weight), or null for 1
+  int64_t weight_period;  // weight[i % weight_period]: a block repeated over leading dims
+  int64_t aux_period;
   void* loss_out;       // per-element loss (reduction "none"), or null to sum instead
   void* grad_input;     // d loss / d input * grad_scale, or null
   void* grad_target;    // d loss / d target * grad_scale, or null

@@ -105,22 +105,44 @@ FASTLOSS_HD void store_block(const Acc* __restrict src, int n, T* __restrict dst
   for (int j = 0; j < n; ++j) dst[j] = Store<T>::of(src[j]);
 }
 
+// Loads n <= kLanes elements of a block of `period` elements repeated end to end, starting
+// at element i of the repetition.
+template <typename T, typename Acc>
+FASTLOSS_HD void load_periodic(const T* __restrict src, int64_t period, int64_t i, int n,
+                               Acc* __restrict dst) {
+  const int64_t base = i % period;
+  if (base + n <= period) {  // no wrap inside this block: a plain load
+    load_block(src + base, n, dst);
+    return;
+  }
+  for (int j = 0; j < n; ++j) dst[j] = load<Acc>(src[(base + j) % period]);
+}
+
+template <typename T, typename Acc>
+FASTLOSS_HD void load_operand(const void* src, int64_t period, int64_t i, int n, Acc* __restrict dst) {
+  const T* p = static_cast<const T*>(src);
+  if (p == nullptr) {
+    for (int j = 0; j < kLanes; ++j) dst[j] = Acc(1);
+  } else if (period == 0) {  // full size
+    load_block(p + i, n, dst);
+  } else {
+    load_periodic(p, period, i, n, dst);
+  }
+}
+
 template <typename T, typename Formula>
 FASTLOSS_HD void pointwise_block(const PointwiseArgs& a, int64_t i, int n,
                                  typename AccOf<T>::type* __restrict lanes) {
   using Acc = typename AccOf<T>::type;
-  Acc x[kLanes], t[kLanes], w[kLanes], loss[kLanes], dx[kLanes], dt[kLanes];
+  Acc x[kLanes], t[kLanes], w[kLanes], aux[kLanes], loss[kLanes], dx[kLanes], dt[kLanes];
   load_block(static_cast<const T*>(a.input) + i, n, x);
   load_block(static_cast<const T*>(a.target) + i, n, t);
-  if (a.weight) {
-    load_block(static_cast<const T*>(a.weight) + i, n, w);
-  } else {
-    for (int j = 0; j < kLanes; ++j) w[j] = Acc(1);
-  }
+  load_operand<T>(a.weight, a.weight_period, i, n, w);
+  load_operand<T>(a.aux, a.aux_period, i, n, aux);
   const Acc param = Acc(a.param), scale = Acc(a.grad_scale);
   for (int j = 0; j < n; ++j) {
     Acc l, gx, gt;
-    Formula::eval(x[j], t[j], param, l, gx, gt);
+    Formula::eval(x[j], t[j], param, aux[j], l, gx, gt);
     loss[j] = l * w[j];
     dx[j] = gx * w[j] * scale;
     dt[j] = gt * w[j] * scale;

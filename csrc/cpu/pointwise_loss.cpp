@@ -45,13 +45,15 @@ void* data_or_null(const at::Tensor& t, bool present) { return present ? t.data_
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t loss, int64_t reduction, double param, bool need_grad_input, bool need_grad_target) {
-  check_pointwise_args(input, target, weight, loss, reduction);
+    const std::optional<at::Tensor>& pos_weight, int64_t loss, int64_t reduction, double param,
+    bool mean_by_weight_sum, bool need_grad_input, bool need_grad_target) {
+  check_pointwise_args(input, target, weight, pos_weight, loss, reduction, mean_by_weight_sum);
   const int64_t n = input.numel();
   const auto red = static_cast<Reduction>(reduction);
   const ScalarKind kind = scalar_kind(input.scalar_type());
   const KernelTable& kernels = kernels_for_this_cpu();
-  const bool weighted = weight.has_value();
+  // "mean" divides by sum(weight) only where the loss says so (torch's MSE and L1 do).
+  const bool weighted = weight.has_value() && mean_by_weight_sum;
 
   at::Tensor loss_out = red == Reduction::kNone ? at::empty_like(input) : at::empty({}, input.options());
   at::Tensor grad_input = need_grad_input ? at::empty_like(input) : at::empty({0}, input.options());
@@ -70,7 +72,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cpu(
   PointwiseArgs args{};
   args.input = input.data_ptr();
   args.target = target.data_ptr();
-  args.weight = weighted ? weight->data_ptr() : nullptr;
+  args.weight = weight.has_value() ? weight->data_ptr() : nullptr;
+  args.weight_period = operand_period(input, weight);
+  args.aux = pos_weight.has_value() ? pos_weight->data_ptr() : nullptr;
+  args.aux_period = operand_period(input, pos_weight);
   args.loss_out = data_or_null(loss_out, red == Reduction::kNone);
   args.grad_input = data_or_null(grad_input, need_grad_input);
   args.grad_target = data_or_null(grad_target, need_grad_target);

@@ -13,6 +13,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../formulas/pointwise.h"
 #include "../pointwise_checks.h"
 #include "reduce.cuh"
@@ -29,6 +31,37 @@ template <> struct AccOf<double> { using type = double; };
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack { T v[N]; };
 
+// An optional per-element operand: ptr[i] (period 0) or ptr[i % period] (a repeated block).
+template <typename T>
+struct Operand {
+  const T* ptr;
+  int64_t period;
+
+  // Loads elements i .. i+N-1 as Acc (1 when absent).
+  template <typename Acc, int N>
+  __device__ __forceinline__ void load(int64_t i, Acc (&out)[N]) const {
+    if (ptr == nullptr) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) out[j] = Acc(1);
+    } else if (period == 0) {
+      if constexpr (N > 1) {
+        const Pack<T, N> v = *reinterpret_cast<const Pack<T, N>*>(ptr + i);
+#pragma unroll
+        for (int j = 0; j < N; ++j) out[j] = Acc(v.v[j]);
+      } else {
+        out[0] = Acc(ptr[i]);
+      }
+    } else {
+      int64_t k = i % period;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        out[j] = Acc(ptr[k]);
+        k = k + 1 == period ? 0 : k + 1;
+      }
+    }
+  }
+};
+
 struct PointwiseParams {
   int64_t n;
   double param;
@@ -39,26 +72,30 @@ struct PointwiseParams {
 
 template <typename T, typename Formula, int VEC>
 __global__ void __launch_bounds__(kThreads)
-pointwise_loss_kernel(const T* __restrict__ input, const T* __restrict__ target,
-                      const T* __restrict__ weight, T* __restrict__ loss_out,
-                      T* __restrict__ grad_input, T* __restrict__ grad_target,
-                      typename AccOf<T>::type* __restrict__ partials, PointwiseParams p) {
+pointwise_loss_kernel(const T* __restrict__ input, const T* __restrict__ target, Operand<T> weight,
+                      Operand<T> pos_weight, T* __restrict__ loss_out, T* __restrict__ grad_input,
+                      T* __restrict__ grad_target, typename AccOf<T>::type* __restrict__ partials,
+                      PointwiseParams p) {
   using Acc = typename AccOf<T>::type;
   const Acc param = Acc(p.param);
   Acc scale = Acc(p.grad_scale);
   if (p.grad_scale_ptr) scale *= *static_cast<const Acc*>(p.grad_scale_ptr);
   Acc sum = Acc(0);
 
-  auto apply = [&](const T* x, const T* t, const T* w, T* l, T* gx, T* gt, int count) {
+  // Evaluates COUNT consecutive elements from i; x, t are already loaded.
+  auto apply = [&](int64_t i, const T* x, const T* t, T* l, T* gx, T* gt, auto count_tag) {
+    constexpr int kCount = decltype(count_tag)::value;
+    Acc w[kCount], aux[kCount];
+    weight.load(i, w);
+    pos_weight.load(i, aux);
 #pragma unroll
-    for (int j = 0; j < count; ++j) {
+    for (int j = 0; j < kCount; ++j) {
       Acc loss, dx, dt;
-      Formula::eval(Acc(x[j]), Acc(t[j]), param, loss, dx, dt);
-      const Acc wj = weight ? Acc(w[j]) : Acc(1);
-      loss *= wj;
+      Formula::eval(Acc(x[j]), Acc(t[j]), param, aux[j], loss, dx, dt);
+      loss *= w[j];
       if (p.write_loss) l[j] = T(loss); else sum += loss;
-      gx[j] = T(dx * wj * scale);
-      gt[j] = T(dt * wj * scale);
+      gx[j] = T(dx * w[j] * scale);
+      gt[j] = T(dt * w[j] * scale);
     }
   };
 
@@ -68,12 +105,10 @@ pointwise_loss_kernel(const T* __restrict__ input, const T* __restrict__ target,
   using P = Pack<T, VEC>;
   for (int64_t v = first; v < n_vec; v += stride) {
     const int64_t i = v * VEC;
-    P x = *reinterpret_cast<const P*>(input + i);
-    P t = *reinterpret_cast<const P*>(target + i);
-    P w;
-    if (weight) w = *reinterpret_cast<const P*>(weight + i);
+    const P x = *reinterpret_cast<const P*>(input + i);
+    const P t = *reinterpret_cast<const P*>(target + i);
     P l, gx, gt;
-    apply(x.v, t.v, w.v, l.v, gx.v, gt.v, VEC);
+    apply(i, x.v, t.v, l.v, gx.v, gt.v, std::integral_constant<int, VEC>{});
     if (p.write_loss) *reinterpret_cast<P*>(loss_out + i) = l;
     if (grad_input) *reinterpret_cast<P*>(grad_input + i) = gx;
     if (grad_target) *reinterpret_cast<P*>(grad_target + i) = gt;
@@ -81,9 +116,8 @@ pointwise_loss_kernel(const T* __restrict__ input, const T* __restrict__ target,
   // Scalar tail (fewer than VEC elements), one element per thread.
   const int64_t i = n_vec * VEC + first;
   if (i < p.n) {
-    T w = weight ? weight[i] : T(1);
     T l, gx, gt;
-    apply(input + i, target + i, &w, &l, &gx, &gt, 1);
+    apply(i, input + i, target + i, &l, &gx, &gt, std::integral_constant<int, 1>{});
     if (p.write_loss) loss_out[i] = l;
     if (grad_input) grad_input[i] = gx;
     if (grad_target) grad_target[i] = gt;
@@ -178,18 +212,26 @@ void launch_sum(const T* data, int64_t n, at::Tensor& partials, int blocks, cuda
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename T>
+Operand<T> operand_of(const at::Tensor& input, const std::optional<at::Tensor>& t) {
+  return {t.has_value() ? static_cast<const T*>(t->data_ptr()) : nullptr, operand_period(input, t)};
+}
+
 template <typename T, typename Formula>
 void run_pointwise(const at::Tensor& input, const at::Tensor& target,
-                   const std::optional<at::Tensor>& weight, Reduction red, double param,
-                   at::Tensor& loss_out, at::Tensor& grad_input, at::Tensor& grad_target,
-                   bool need_gi, bool need_gt) {
+                   const std::optional<at::Tensor>& weight,
+                   const std::optional<at::Tensor>& pos_weight, Reduction red, double param,
+                   bool mean_by_weight_sum, at::Tensor& loss_out, at::Tensor& grad_input,
+                   at::Tensor& grad_target, bool need_gi, bool need_gt) {
   using Acc = typename AccOf<T>::type;
   constexpr int kVec = 16 / sizeof(T);
   const int64_t n = input.numel();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.device().index());
   const auto acc_options = input.options().dtype(c10::CppTypeToScalarType<Acc>::value);
-  const bool weighted = weight.has_value();
-  const T* w = weighted ? static_cast<const T*>(weight->data_ptr()) : nullptr;
+  // "mean" divides by sum(weight) only where the loss says so (torch's MSE and L1 do).
+  const bool weighted = weight.has_value() && mean_by_weight_sum;
+  const Operand<T> w = operand_of<T>(input, weight);
+  const Operand<T> pw = operand_of<T>(input, pos_weight);
 
   PointwiseParams p{};
   p.n = n;
@@ -203,7 +245,7 @@ void run_pointwise(const at::Tensor& input, const at::Tensor& target,
     const int blocks = blocks_for(n, kVec);
     at::Tensor partials = at::empty({blocks}, acc_options);
     weight_inv = at::empty({}, acc_options);
-    launch_sum<T>(w, n, partials, blocks, stream);
+    launch_sum<T>(w.ptr, n, partials, blocks, stream);
     finish_kernel<T><<<1, 1024, 0, stream>>>(partials.data_ptr<Acc>(), blocks, 1.0, nullptr,
                                              nullptr, weight_inv.data_ptr<Acc>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -223,15 +265,16 @@ void run_pointwise(const at::Tensor& input, const at::Tensor& target,
   T* l = ptr_or_null<T>(loss_out, p.write_loss);
   T* gi = ptr_or_null<T>(grad_input, need_gi);
   T* gt = ptr_or_null<T>(grad_target, need_gt);
-  const bool vectorizable = aligned16(x) && aligned16(t) && (!w || aligned16(w)) &&
+  const bool vectorizable = aligned16(x) && aligned16(t) && (w.period || aligned16(w.ptr)) &&
+                            (pw.period || aligned16(pw.ptr)) &&
                             (!l || aligned16(l)) && (!gi || aligned16(gi)) && (!gt || aligned16(gt));
   const int blocks = blocks_for(n, vectorizable ? kVec : 1);
   at::Tensor partials = at::empty({p.write_loss ? 0 : blocks}, acc_options);
   Acc* part = p.write_loss ? nullptr : partials.data_ptr<Acc>();
   if (vectorizable) {
-    pointwise_loss_kernel<T, Formula, kVec><<<blocks, kThreads, 0, stream>>>(x, t, w, l, gi, gt, part, p);
+    pointwise_loss_kernel<T, Formula, kVec><<<blocks, kThreads, 0, stream>>>(x, t, w, pw, l, gi, gt, part, p);
   } else {
-    pointwise_loss_kernel<T, Formula, 1><<<blocks, kThreads, 0, stream>>>(x, t, w, l, gi, gt, part, p);
+    pointwise_loss_kernel<T, Formula, 1><<<blocks, kThreads, 0, stream>>>(x, t, w, pw, l, gi, gt, part, p);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (p.write_loss) return;
@@ -256,8 +299,9 @@ void run_pointwise(const at::Tensor& input, const at::Tensor& target,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t loss, int64_t reduction, double param, bool need_grad_input, bool need_grad_target) {
-  check_pointwise_args(input, target, weight, loss, reduction);
+    const std::optional<at::Tensor>& pos_weight, int64_t loss, int64_t reduction, double param,
+    bool mean_by_weight_sum, bool need_grad_input, bool need_grad_target) {
+  check_pointwise_args(input, target, weight, pos_weight, loss, reduction, mean_by_weight_sum);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto red = static_cast<Reduction>(reduction);
   at::Tensor loss_out = red == Reduction::kNone ? at::empty_like(input) : at::empty({}, input.options());
@@ -265,8 +309,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cuda(
   at::Tensor grad_target = need_grad_target ? at::empty_like(input) : at::empty({0}, input.options());
   FASTLOSS_CUDA_DISPATCH_FLOATING(input.scalar_type(), [&] {
     FASTLOSS_DISPATCH_POINTWISE_LOSS(loss, [&] {
-      run_pointwise<scalar_t, Formula>(input, target, weight, red, param, loss_out, grad_input,
-                                       grad_target, need_grad_input, need_grad_target);
+      run_pointwise<scalar_t, Formula>(input, target, weight, pos_weight, red, param,
+                                       mean_by_weight_sum, loss_out, grad_input, grad_target,
+                                       need_grad_input, need_grad_target);
     });
   });
   return {loss_out, grad_input, grad_target};

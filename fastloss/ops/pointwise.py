@@ -10,15 +10,34 @@ when grad_output is 1 (decided on the device).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-from .. import _args, _backend, reference
-
-# Same numbers as fastloss::PointwiseLoss (csrc/formulas/pointwise.h) and kernels/pointwise_loss.py.
-LOSS_IDS = {"mse_loss": 0}
+from .. import _args, _backend
 
 
-def _fake_pointwise_loss(input, target, weight, loss, reduction, param, need_grad_input, need_grad_target):
+@dataclass(frozen=True)
+class PointwiseLoss:
+    """How one loss maps onto the pointwise-loss contract."""
+
+    name: str                 # the public function, for error messages
+    loss_id: int              # fastloss::PointwiseLoss in csrc/formulas/pointwise.h
+    mean_by_weight_sum: bool  # torch's weighted "mean" divides by sum(weight) (MSE, L1), else by N
+    weight_in_dtype: bool     # weight takes part in the dtype promotion (not for BCE)
+
+
+MSE = PointwiseLoss("mse_loss", 0, mean_by_weight_sum=True, weight_in_dtype=True)
+L1 = PointwiseLoss("l1_loss", 1, mean_by_weight_sum=True, weight_in_dtype=True)
+SMOOTH_L1 = PointwiseLoss("smooth_l1_loss", 2, mean_by_weight_sum=False, weight_in_dtype=True)
+HUBER = PointwiseLoss("huber_loss", 3, mean_by_weight_sum=False, weight_in_dtype=True)
+BCE_WITH_LOGITS = PointwiseLoss("binary_cross_entropy_with_logits", 4, mean_by_weight_sum=False,
+                                weight_in_dtype=False)
+
+
+def _fake_pointwise_loss(input, target, weight, pos_weight, loss, reduction, param,
+                         mean_by_weight_sum, need_grad_input, need_grad_target):
     loss_out = torch.empty_like(input) if reduction == 0 else input.new_empty(())
     grad_input = torch.empty_like(input) if need_grad_input else input.new_empty(0)
     grad_target = torch.empty_like(input) if need_grad_target else input.new_empty(0)
@@ -35,13 +54,14 @@ if _backend.cpu_built():
 
 @torch.library.custom_op("fastloss::pointwise_loss_triton", mutates_args=())
 def pointwise_loss_triton(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                          loss: int, reduction: int, param: float, need_grad_input: bool,
+                          pos_weight: torch.Tensor | None, loss: int, reduction: int, param: float,
+                          mean_by_weight_sum: bool, need_grad_input: bool,
                           need_grad_target: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton kernel behind the pointwise-loss contract."""
     from fastloss.kernels import pointwise_loss as kernel  # imported late: TRITON_INTERPRET is read then
 
-    return kernel.pointwise_loss(input, target, weight, loss, reduction, param, need_grad_input,
-                                 need_grad_target)
+    return kernel.pointwise_loss(input, target, weight, pos_weight, loss, reduction, param,
+                                 mean_by_weight_sum, need_grad_input, need_grad_target)
 
 
 pointwise_loss_triton.register_fake(_fake_pointwise_loss)
@@ -82,24 +102,24 @@ class PointwiseLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, target, weight, loss_id, reduction, param, backend):
+    def forward(ctx, input, target, weight, pos_weight, config, backend):
         need_gi, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         loss, grad_input, grad_target = _forward_op(backend)(
-            input, target, weight, loss_id, reduction, param, need_gi, need_gt)
+            input, target, weight, pos_weight, *config, need_gi, need_gt)
         if need_gi or need_gt:
-            ctx.save_for_backward(input, target, weight)
+            ctx.save_for_backward(input, target, weight, pos_weight)
         ctx.grads = (grad_input, grad_target)
-        ctx.config = (loss_id, reduction, param, backend)
+        ctx.config = (config, backend)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         need_gi, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss_id, reduction, param, backend = ctx.config
+        config, backend = ctx.config
         if ctx.grads is None:  # an earlier backward consumed them: recompute
-            input, target, weight = ctx.saved_tensors
+            input, target, weight, pos_weight = ctx.saved_tensors
             _, grad_input, grad_target = _forward_op(backend)(
-                input, target, weight, loss_id, reduction, param, need_gi, need_gt)
+                input, target, weight, pos_weight, *config, need_gi, need_gt)
         else:
             grad_input, grad_target = ctx.grads
             ctx.grads = None
@@ -109,45 +129,69 @@ class PointwiseLossFunction(torch.autograd.Function):
         if need_gt:
             scale(grad_target, grad_output)
         return (grad_input if need_gi else None, grad_target if need_gt else None,
-                None, None, None, None, None)
+                None, None, None, None)
 
 
-def pointwise_loss(fn: str, loss: str, input: torch.Tensor, target: torch.Tensor,
-                   weight: torch.Tensor | None, reduction: str, param: float,
-                   backend: str | None) -> torch.Tensor:
-    """Checks, broadcasts and casts as torch does, then runs `loss` on the chosen backend.
+def _operand(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """t in the kernels' layout: input-sized and contiguous, or - when t only broadcasts over
+    leading dimensions, like a per-class pos_weight - its contiguous trailing block, which the
+    kernels repeat (no input-sized copy)."""
+    t = t.to(dtype)
+    if t.shape == shape:
+        return t.contiguous()
+    dims = (1,) * (len(shape) - t.dim()) + tuple(t.shape)
+    for k in range(len(shape) + 1):
+        if all(d == 1 for d in dims[:k]) and dims[k:] == tuple(shape[k:]):
+            return t.reshape(shape[k:]).contiguous()
+    return t.expand(shape).contiguous()
 
-    fn names the public function in error messages.
+
+def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tensor,
+                   weight: torch.Tensor | None, pos_weight: torch.Tensor | None, reduction: str,
+                   param: float, backend: str | None,
+                   reference: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Checks, broadcasts and casts as torch does, then runs the loss on the chosen backend.
+
+    `reference` computes the same loss with the plain formula (for the "torch" backend and
+    the cases the kernels do not fuse).
     """
+    fn = spec.name
     _args.check_tensor(fn, "input", input)
     _args.check_tensor(fn, "target", target)
-    if weight is not None:
-        _args.check_tensor(fn, "weight", weight)
+    for name, t in (("weight", weight), ("pos_weight", pos_weight)):
+        if t is not None:
+            _args.check_tensor(fn, name, t)
     reduction_id = _args.check_reduction(fn, reduction)
-    _args.check_same_device(fn, "input", input, target=target, weight=weight)
+    _args.check_same_device(fn, "input", input, target=target, weight=weight, pos_weight=pos_weight)
     # The common call (same shape, same float dtype) skips the general promotion and
     # broadcasting rules, which cost more host time than a small kernel.
     shape, dtype = input.shape, input.dtype
     same = target.shape == shape and target.dtype == dtype and (
-        weight is None or (weight.shape == shape and weight.dtype == dtype))
+        weight is None or (weight.shape == shape and weight.dtype == dtype)) and pos_weight is None
     if not same or dtype not in _args.KERNEL_DTYPES:
-        dtype = _args.result_dtype(fn, input=input, target=target, weight=weight)
-        shape = _args.broadcast_shape(fn, input=input, target=target, weight=weight)
+        promoted = {"input": input, "target": target}
+        if spec.weight_in_dtype:
+            promoted["weight"] = weight
+        dtype = _args.result_dtype(fn, **promoted)
+        shape = _args.broadcast_shape(fn, input=input, target=target, weight=weight, pos_weight=pos_weight)
     chosen = _backend.resolve(backend, input.device)
 
-    # The plain formula serves the "torch" backend, a weight that needs its own gradient
-    # (not fused), and torch's quirk of a weighted mean over a broadcast shape (it divides by
-    # the sum of the weight as given).
-    if (chosen == "torch" or (weight is not None and weight.requires_grad)
-            or (weight is not None and reduction == "mean" and weight.shape != shape)):
-        return getattr(reference, loss)(input, target, reduction, weight)
+    # The plain formula serves the "torch" backend, a weight or pos_weight that needs its own
+    # gradient (not fused), and torch's quirk of a weighted mean over a broadcast shape (it
+    # divides by the sum of the weight as given).
+    if (chosen == "torch"
+            or (weight is not None and weight.requires_grad)
+            or (pos_weight is not None and pos_weight.requires_grad)
+            or (weight is not None and spec.mean_by_weight_sum and reduction == "mean"
+                and weight.shape != shape)):
+        return reference()
 
     operands = []
-    for t in (input, target, weight):
-        if t is None:
-            operands.append(None)
-            continue
+    for t in (input, target):
         if t.shape != shape:
             t = t.expand(shape)
         operands.append(t.to(dtype).contiguous())
-    return PointwiseLossFunction.apply(*operands, LOSS_IDS[loss], reduction_id, float(param), chosen)
+    for t in (weight, pos_weight):
+        operands.append(None if t is None else _operand(t.detach(), shape, dtype))
+    config = (spec.loss_id, reduction_id, float(param), spec.mean_by_weight_sum)
+    return PointwiseLossFunction.apply(*operands, config, chosen)

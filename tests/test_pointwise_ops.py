@@ -1,6 +1,6 @@
-"""The op layer under MSE: opcheck on every op, torch.compile, gradcheck, determinism,
-single-pass training (what is computed, allocated and copied), and the half/bfloat16
-conversions of the C++ kernels."""
+"""The op layer under the pointwise losses: opcheck on every op, torch.compile, gradcheck,
+determinism, single-pass training (what is computed, allocated and copied), and the
+half/bfloat16 conversions of the C++ kernels."""
 
 import pytest
 import torch
@@ -13,6 +13,18 @@ from fastloss.ops import pointwise
 from conftest import HAS_CUDA, backend_params
 from helpers import DTYPES, random
 
+# loss id -> (public function, its keyword arguments); ids as in csrc/formulas/pointwise.h
+LOSS_CASES = {
+    0: (fastloss.mse_loss, {}),
+    1: (fastloss.l1_loss, {}),
+    2: (fastloss.smooth_l1_loss, {"beta": 0.5}),
+    3: (fastloss.huber_loss, {"delta": 0.8}),
+    4: (fastloss.binary_cross_entropy_with_logits, {}),
+}
+# (loss id, weighted): smooth L1 takes no weight
+LOSS_WEIGHT_CASES = [(loss, weighted) for loss in LOSS_CASES for weighted in (False, True)
+                     if not (loss == 2 and weighted)]
+
 FORWARD_OPS = {"cpu": "pointwise_loss", "cuda": "pointwise_loss", "triton": "pointwise_loss_triton"}
 SCALE_OPS = {"cpu": "scale_grad_", "cuda": "scale_grad_", "triton": "scale_grad_triton_"}
 KERNEL_BACKENDS = [p for p in backend_params() if p.values[0][0] != "torch"]
@@ -23,12 +35,14 @@ KERNEL_BACKENDS = [p for p in backend_params() if p.values[0][0] != "torch"]
 @pytest.mark.parametrize("reduction", [0, 1, 2])
 @pytest.mark.parametrize("grads", [(False, False), (True, False), (True, True)], ids=str)
 @pytest.mark.parametrize("weighted", [False, True])
-def test_opcheck_forward(backend_device, dtype, reduction, grads, weighted):
+@pytest.mark.parametrize("loss", list(LOSS_CASES))
+def test_opcheck_forward(backend_device, dtype, reduction, grads, weighted, loss):
     backend, device = backend_device
     op = getattr(torch.ops.fastloss, FORWARD_OPS[backend])
-    x, t = random((37,), dtype, device), random((37,), dtype, device)
-    w = random((37,), dtype, device).abs() if weighted else None
-    opcheck(op, (x, t, w, 0, reduction, 0.0, *grads))
+    x, t = random((5, 8), dtype, device), random((5, 8), dtype, device)
+    w = random((5, 8), dtype, device).abs() if weighted else None
+    pos_weight = random((8,), dtype, device).abs() if loss == 4 else None
+    opcheck(op, (x, t, w, pos_weight, loss, reduction, 0.5, loss in (0, 1), *grads))
 
 
 @pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
@@ -58,10 +72,16 @@ def test_scale_is_exact_and_in_place(backend_device):
 @pytest.mark.parametrize("use_module", [False, True])
 def test_torch_compile_fullgraph_matches_eager(backend_device, use_module):
     backend, device = backend_device
-    criterion = fastloss.MSELoss(backend=backend)
+    mse = fastloss.MSELoss(backend=backend)
+    bce = fastloss.BCEWithLogitsLoss(pos_weight=torch.full((523,), 1.5, device=device), backend=backend)
 
     def step(x, t, w):
-        loss = criterion(x * w, t) if use_module else fastloss.mse_loss(x * w, t, backend=backend)
+        if use_module:
+            loss = mse(x * w, t) + bce(x, t.sigmoid())
+        else:
+            loss = (fastloss.mse_loss(x * w, t, backend=backend)
+                    + fastloss.huber_loss(x, t, delta=0.5, backend=backend)
+                    + fastloss.l1_loss(x, t, reduction="sum", backend=backend))
         return loss * 2.0  # not the last layer: grad_output != 1
 
     torch._dynamo.reset()
@@ -79,28 +99,39 @@ def test_torch_compile_fullgraph_matches_eager(backend_device, use_module):
 
 @pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_gradcheck_float64(backend_device, reduction, weighted):
+@pytest.mark.parametrize("loss,weighted", LOSS_WEIGHT_CASES)
+def test_gradcheck_float64(backend_device, reduction, weighted, loss):
     backend, device = backend_device
+    fn, kwargs = LOSS_CASES[loss]
     x = random((3, 11), torch.float64, device, requires_grad=True)
     t = random((3, 11), torch.float64, device, requires_grad=True)
-    w = random((3, 11), torch.float64, device).abs() + 0.1 if weighted else None
-    assert torch.autograd.gradcheck(
-        lambda a, b: fastloss.mse_loss(a, b, reduction=reduction, weight=w, backend=backend), (x, t))
+    if weighted:
+        kwargs = {**kwargs, "weight": random((3, 11), torch.float64, device).abs() + 0.1}
+    if loss == 4:
+        with torch.no_grad():
+            t.copy_(t.sigmoid())
+        kwargs = {**kwargs, "pos_weight": random((11,), torch.float64, device).abs() + 0.3}
+    elif loss in (1, 2, 3):
+        with torch.no_grad():  # keep |x - t| off the kinks (0, beta, delta), where finite differences straddle two branches
+            d = x - t
+            bad = ((d.abs() < 0.02) | ((d.abs() - 0.5).abs() < 0.02) | ((d.abs() - 0.8).abs() < 0.02))
+            x[bad] += 0.1
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, reduction=reduction, backend=backend, **kwargs), (x, t))
 
 
 @pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("weighted", [False, True])
-def test_bitwise_deterministic(backend_device, dtype, weighted):
+@pytest.mark.parametrize("loss,weighted", LOSS_WEIGHT_CASES)
+def test_bitwise_deterministic(backend_device, dtype, weighted, loss):
     backend, device = backend_device
+    fn, kwargs = LOSS_CASES[loss]
     n = 3 * 16384 + 4099
     x, t = random((n,), dtype, device), random((n,), dtype, device)
     w = random((n,), dtype, device).abs() if weighted else None
 
     def run():
         xx, tt = x.clone().requires_grad_(), t.clone().requires_grad_()
-        loss = fastloss.mse_loss(xx, tt, weight=w, backend=backend)
+        loss = fn(xx, tt, weight=w, backend=backend, **kwargs) if w is not None else fn(xx, tt, backend=backend, **kwargs)
         loss.backward()
         return loss.detach(), xx.grad, tt.grad
 
@@ -110,7 +141,9 @@ def test_bitwise_deterministic(backend_device, dtype, weighted):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cpu_result_independent_of_thread_count(dtype):
+@pytest.mark.parametrize("loss", list(LOSS_CASES))
+def test_cpu_result_independent_of_thread_count(dtype, loss):
+    fn, kwargs = LOSS_CASES[loss]
     n = 9 * 16384 + 123
     x, t = random((n,), dtype, "cpu", requires_grad=True), random((n,), dtype, "cpu")
     threads = torch.get_num_threads()
@@ -119,9 +152,9 @@ def test_cpu_result_independent_of_thread_count(dtype):
         for count in (1, 2, 3):
             torch.set_num_threads(count)
             x.grad = None
-            loss = fastloss.mse_loss(x, t, reduction="sum", backend="cpu")
-            loss.backward()
-            results.append((loss.detach().clone(), x.grad.clone()))
+            out = fn(x, t, reduction="sum", backend="cpu", **kwargs)
+            out.backward()
+            results.append((out.detach().clone(), x.grad.clone()))
     finally:
         torch.set_num_threads(threads)
     for loss, grad in results[1:]:

@@ -103,13 +103,15 @@ def test_environment_backend_sets_the_default():
 def test_op_level_checks():
     x = torch.randn(4)
     with pytest.raises(RuntimeError, match="target must have input's dtype"):
-        torch.ops.fastloss.pointwise_loss(x, x.double(), None, 0, 1, 0.0, False, False)
+        torch.ops.fastloss.pointwise_loss(x, x.double(), None, None, 0, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError, match="target must have input's shape"):
-        torch.ops.fastloss.pointwise_loss(x, torch.randn(5), None, 0, 1, 0.0, False, False)
+        torch.ops.fastloss.pointwise_loss(x, torch.randn(5), None, None, 0, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError, match="must be contiguous"):
-        torch.ops.fastloss.pointwise_loss(torch.randn(4, 2).t(), torch.randn(2, 4), None, 0, 1, 0.0, False, False)
+        torch.ops.fastloss.pointwise_loss(torch.randn(4, 2).t(), torch.randn(2, 4), None, None, 0, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError, match="unknown pointwise loss id 99"):
-        torch.ops.fastloss.pointwise_loss(x, x, None, 99, 1, 0.0, False, False)
+        torch.ops.fastloss.pointwise_loss(x, x, None, None, 99, 1, 0.0, False, False, False)
+    with pytest.raises(RuntimeError, match=r"pos_weight must have input's numel 4 or a divisor of it"):
+        torch.ops.fastloss.pointwise_loss(x, x, None, torch.ones(3), 4, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError, match="grad_output must be 0-d or have the gradient's shape"):
         torch.ops.fastloss.scale_grad_(x, torch.randn(3))
 
