@@ -12,6 +12,13 @@ TORCH_LIBRARY(fastloss, m) {
       "pointwise_loss(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, int loss, "
       "int reduction, float param, bool mean_by_weight_sum, bool need_grad_input, "
       "bool need_grad_target) -> (Tensor, Tensor, Tensor)");
+  // The masked autoencoder's patch loss over rows: input, target (R, P), mask (R,) in input's
+  // dtype. Returns (loss, grad_input): loss = sum(mask * mean_P((x - tn)^2)) / sum(mask), with
+  // tn the target, normalised per row by its mean and unbiased variance when norm_target;
+  // grad_input as if grad_output were 1 (empty when not asked). Rows with mask 0 are not read.
+  m.def(
+      "masked_mse_loss(Tensor input, Tensor target, Tensor mask, bool norm_target, float eps, "
+      "bool need_grad_input) -> (Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

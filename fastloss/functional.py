@@ -11,9 +11,11 @@ import warnings
 import torch
 
 from . import _args, reference
+from .ops import masked_mse as masked_ops
 from .ops import pointwise as ops
 
-__all__ = ["binary_cross_entropy_with_logits", "huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
+__all__ = ["binary_cross_entropy_with_logits", "huber_loss", "l1_loss", "masked_mse_loss", "mse_loss",
+           "smooth_l1_loss"]
 
 
 def _warn_size_mismatch(input, target) -> None:
@@ -124,3 +126,28 @@ def binary_cross_entropy_with_logits(
     return ops.pointwise_loss(
         ops.BCE_WITH_LOGITS, input, target, weight, pos_weight, reduction, 0.0, backend,
         lambda: reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight))
+
+
+def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
+                    norm_target: bool = False, eps: float = 1e-6,
+                    backend: str = "auto") -> torch.Tensor:
+    """The masked autoencoder's patch loss, fused: one pass per patch row.
+
+    Args:
+        input, target: (N, L, P) patches of P values (any leading dimensions work).
+        mask: (N, L), bool or numeric: 1 (or any weight) where the patch counts.
+        norm_target: normalise each target patch by its own mean and unbiased variance,
+            (t - mean) / sqrt(var + eps), as MAE's norm_pix_loss does.
+        eps: added to the variance.
+
+    Returns:
+        sum(patch_loss * mask) / sum(mask), patch_loss the mean over P of the squared error
+        (an all-zero mask gives NaN, as that formula does).
+
+    Patches whose mask is 0 are not read: a NaN inside a masked-out patch does not reach the
+    loss (the plain formula would give NaN, since NaN * 0 is NaN). The gradient of input is
+    fused; gradients of target or of a float mask come from the plain formula.
+    """
+    return masked_ops.masked_mse_loss(
+        input, target, mask, norm_target, eps, backend,
+        lambda: reference.masked_mse_loss(input, target, mask, norm_target, eps))

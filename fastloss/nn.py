@@ -7,7 +7,7 @@ import torch
 
 from . import functional
 
-__all__ = ["BCEWithLogitsLoss", "HuberLoss", "L1Loss", "MSELoss", "SmoothL1Loss"]
+__all__ = ["BCEWithLogitsLoss", "HuberLoss", "L1Loss", "MSELoss", "MaskedMSELoss", "SmoothL1Loss"]
 
 
 class MSELoss(torch.nn.MSELoss):
@@ -73,3 +73,23 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         return functional.binary_cross_entropy_with_logits(
             input, target, self.weight, pos_weight=self.pos_weight, reduction=self.reduction,
             backend=self.backend)
+
+
+class MaskedMSELoss(torch.nn.Module):
+    """The masked autoencoder's patch loss as a module: forward(input, target, mask).
+
+    See :func:`fastloss.masked_mse_loss`.
+    """
+
+    def __init__(self, norm_target: bool = False, eps: float = 1e-6, *, backend: str = "auto") -> None:
+        super().__init__()
+        self.norm_target = norm_target
+        self.eps = eps
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return functional.masked_mse_loss(input, target, mask, norm_target=self.norm_target,
+                                          eps=self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"norm_target={self.norm_target}, eps={self.eps}"

@@ -69,8 +69,11 @@ def masked_mse_loss(input, target, mask, norm_target=False, eps=1e-6):
 
     Per patch: the target optionally normalised by its own mean and unbiased variance,
     (t - mean) / sqrt(var + eps); the mean over P of the squared error; then
-    sum(patch_loss * mask) / sum(mask).
+    sum(patch_loss * mask) / sum(mask). float16/bfloat16 go through float32, as the kernels do.
     """
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        return masked_mse_loss(input.float(), target.float(), mask, norm_target, eps).to(dtype)
     if norm_target:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)

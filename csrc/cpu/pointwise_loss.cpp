@@ -1,14 +1,10 @@
 // CPU implementation of fastloss::pointwise_loss and fastloss::scale_grad_: splits the tensor
 // into fixed chunks (kChunk), runs them on at::parallel_for, and adds the per-chunk sums in
 // chunk order, so the result does not depend on the number of threads.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "../pointwise_checks.h"
-#include "pointwise_kernel_api.h"
+#include "cpu_common.h"
 
 namespace fastloss::cpu {
 
@@ -16,30 +12,10 @@ const char* isa_name() { return kernels_for_this_cpu().name; }
 
 namespace {
 
-ScalarKind scalar_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return ScalarKind::kFloat;
-    case at::kDouble: return ScalarKind::kDouble;
-    case at::kHalf: return ScalarKind::kHalf;
-    case at::kBFloat16: return ScalarKind::kBFloat16;
-    default: TORCH_CHECK(false, "fastloss: unsupported dtype ", t);
-  }
-}
-
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-// Runs fn(chunk) -> double for every chunk in parallel and adds the results in chunk order.
 template <typename Fn>
-double chunked_sum(int64_t n, const Fn& fn) {
-  const int64_t chunks = num_chunks(n);
-  std::vector<double> partial(chunks, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) partial[c] = fn(c * kChunk, std::min(n, (c + 1) * kChunk));
-  });
-  double total = 0.0;
-  for (double p : partial) total += p;
-  return total;
-}
+double chunked_sum(int64_t n, const Fn& fn) { return fastloss::cpu::chunked_sum(n, kChunk, fn); }
 
 void* data_or_null(const at::Tensor& t, bool present) { return present ? t.data_ptr() : nullptr; }
 

@@ -1,15 +1,17 @@
-// Raw-pointer pointwise-loss kernels, included by one translation unit per instruction set
-// with FASTLOSS_ISA naming the namespace (and the target set by that unit). Work goes in
-// blocks of kLanes elements accumulated lane by lane, so the summation order is set by the
-// indices alone: the same bits for any thread count and any vector width.
+// Helpers of the raw-pointer CPU kernels: lanes, half/bfloat16 conversions, block loads and
+// stores. Included by one translation unit per instruction set (kernels_<isa>.cpp) with
+// FASTLOSS_ISA naming the namespace. Work goes in blocks of kLanes elements accumulated lane
+// by lane, so a sum's order is set by the indices alone: the same bits for any thread count
+// and any vector width.
+#pragma once  // once per translation unit; each unit is one instruction set
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
-#include "../formulas/pointwise.h"
-#include "pointwise_kernel_api.h"
+#include "../common/macros.h"
+#include "kernel_api.h"
 
 namespace fastloss::cpu::FASTLOSS_ISA {
 namespace {
@@ -105,57 +107,6 @@ FASTLOSS_HD void store_block(const Acc* __restrict src, int n, T* __restrict dst
   for (int j = 0; j < n; ++j) dst[j] = Store<T>::of(src[j]);
 }
 
-// Loads n <= kLanes elements of a block of `period` elements repeated end to end, starting
-// at element i of the repetition.
-template <typename T, typename Acc>
-FASTLOSS_HD void load_periodic(const T* __restrict src, int64_t period, int64_t i, int n,
-                               Acc* __restrict dst) {
-  const int64_t base = i % period;
-  if (base + n <= period) {  // no wrap inside this block: a plain load
-    load_block(src + base, n, dst);
-    return;
-  }
-  for (int j = 0; j < n; ++j) dst[j] = load<Acc>(src[(base + j) % period]);
-}
-
-template <typename T, typename Acc>
-FASTLOSS_HD void load_operand(const void* src, int64_t period, int64_t i, int n, Acc* __restrict dst) {
-  const T* p = static_cast<const T*>(src);
-  if (p == nullptr) {
-    for (int j = 0; j < kLanes; ++j) dst[j] = Acc(1);
-  } else if (period == 0) {  // full size
-    load_block(p + i, n, dst);
-  } else {
-    load_periodic(p, period, i, n, dst);
-  }
-}
-
-template <typename T, typename Formula>
-FASTLOSS_HD void pointwise_block(const PointwiseArgs& a, int64_t i, int n,
-                                 typename AccOf<T>::type* __restrict lanes) {
-  using Acc = typename AccOf<T>::type;
-  Acc x[kLanes], t[kLanes], w[kLanes], aux[kLanes], loss[kLanes], dx[kLanes], dt[kLanes];
-  load_block(static_cast<const T*>(a.input) + i, n, x);
-  load_block(static_cast<const T*>(a.target) + i, n, t);
-  load_operand<T>(a.weight, a.weight_period, i, n, w);
-  load_operand<T>(a.aux, a.aux_period, i, n, aux);
-  const Acc param = Acc(a.param), scale = Acc(a.grad_scale);
-  for (int j = 0; j < n; ++j) {
-    Acc l, gx, gt;
-    Formula::eval(x[j], t[j], param, aux[j], l, gx, gt);
-    loss[j] = l * w[j];
-    dx[j] = gx * w[j] * scale;
-    dt[j] = gt * w[j] * scale;
-  }
-  if (a.loss_out) {
-    store_block(loss, n, static_cast<T*>(a.loss_out) + i);
-  } else {
-    for (int j = 0; j < n; ++j) lanes[j] += loss[j];
-  }
-  if (a.grad_input) store_block(dx, n, static_cast<T*>(a.grad_input) + i);
-  if (a.grad_target) store_block(dt, n, static_cast<T*>(a.grad_target) + i);
-}
-
 template <typename Acc>
 FASTLOSS_HD double sum_lanes(const Acc* lanes) {
   // Pairwise over the lanes, a fixed tree.
@@ -166,65 +117,5 @@ FASTLOSS_HD double sum_lanes(const Acc* lanes) {
   return double(s[0]);
 }
 
-template <typename T, typename Formula>
-double pointwise_range(const PointwiseArgs& a, int64_t begin, int64_t end) {
-  using Acc = typename AccOf<T>::type;
-  Acc lanes[kLanes] = {};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) pointwise_block<T, Formula>(a, i, kLanes, lanes);
-  if (i < end) pointwise_block<T, Formula>(a, i, int(end - i), lanes);
-  return sum_lanes(lanes);
-}
-
-template <typename T>
-double sum_range(const void* data, int64_t begin, int64_t end) {
-  using Acc = typename AccOf<T>::type;
-  const T* p = static_cast<const T*>(data);
-  Acc lanes[kLanes] = {};
-  Acc v[kLanes];
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    load_block(p + i, kLanes, v);
-    for (int j = 0; j < kLanes; ++j) lanes[j] += v[j];
-  }
-  const int n = int(end - i);
-  load_block(p + i, n, v);
-  for (int j = 0; j < n; ++j) lanes[j] += v[j];
-  return sum_lanes(lanes);
-}
-
-template <typename T>
-PointwiseRangeFn pointwise_for_loss(int64_t loss) {
-  return FASTLOSS_DISPATCH_POINTWISE_LOSS(loss, [&]() -> PointwiseRangeFn {
-    return &pointwise_range<T, Formula>;
-  });
-}
-
-PointwiseRangeFn pointwise_for(ScalarKind kind, int64_t loss) {
-  switch (kind) {
-    case ScalarKind::kFloat: return pointwise_for_loss<float>(loss);
-    case ScalarKind::kDouble: return pointwise_for_loss<double>(loss);
-    case ScalarKind::kHalf: return pointwise_for_loss<Half>(loss);
-    case ScalarKind::kBFloat16: return pointwise_for_loss<BFloat16>(loss);
-  }
-  return nullptr;
-}
-
-SumRangeFn sum_for(ScalarKind kind) {
-  switch (kind) {
-    case ScalarKind::kFloat: return &sum_range<float>;
-    case ScalarKind::kDouble: return &sum_range<double>;
-    case ScalarKind::kHalf: return &sum_range<Half>;
-    case ScalarKind::kBFloat16: return &sum_range<BFloat16>;
-  }
-  return nullptr;
-}
-
 }  // namespace
-
-const KernelTable& table() {
-  static const KernelTable t{FASTLOSS_ISA_NAME, &pointwise_for, &sum_for};
-  return t;
-}
-
 }  // namespace fastloss::cpu::FASTLOSS_ISA

@@ -1,5 +1,5 @@
-// The boundary between the ATen-facing CPU op (pointwise_loss.cpp) and the raw-pointer
-// kernels compiled once per instruction set (pointwise_kernel_<isa>.cpp). No ATen here, so
+// The boundary between the ATen-facing CPU ops (pointwise_loss.cpp, masked_mse_loss.cpp) and
+// the raw-pointer kernels compiled once per instruction set (kernels_<isa>.cpp). No ATen here, so
 // the kernel translation units can be built with their own target flags.
 #pragma once
 #include <cstdint>
@@ -23,16 +23,32 @@ struct PointwiseArgs {
   double param;         // the loss's parameter (beta, delta), unused by MSE
 };
 
+// Rows of the masked patch MSE: input/target (R, P), mask (R).
+struct MaskedMseArgs {
+  const void* input;
+  const void* target;
+  const void* mask;
+  void* grad_input;   // or null
+  int64_t p;          // values per row
+  bool norm_target;
+  double eps;
+  double grad_scale;  // 1 / (P * sum(mask))
+};
+
 // Evaluates elements [begin, end) and returns the sum of their (weighted) losses, accumulated
 // in float (double for double inputs) in an order fixed by the element indices alone.
 using PointwiseRangeFn = double (*)(const PointwiseArgs&, int64_t begin, int64_t end);
 // Sum of data[begin, end), same accumulation rules.
 using SumRangeFn = double (*)(const void* data, int64_t begin, int64_t end);
+// Rows [begin, end) of the masked patch MSE: returns sum(mask * row squared error) / P and
+// writes the gradient rows (zeros where mask is 0: those rows are not read).
+using MaskedMseRowsFn = double (*)(const MaskedMseArgs&, int64_t begin, int64_t end);
 
 struct KernelTable {
   const char* name;  // the instruction set these kernels were built for
   PointwiseRangeFn (*pointwise)(ScalarKind kind, int64_t loss);
   SumRangeFn (*sum)(ScalarKind kind);
+  MaskedMseRowsFn (*masked_mse)(ScalarKind kind);
 };
 
 const KernelTable& kernels_default();
@@ -42,5 +58,7 @@ const KernelTable& kernels_for_this_cpu();
 
 // Elements per reduction chunk: the fixed split that makes sums independent of thread count.
 constexpr int64_t kChunk = 16384;
+// Rows per chunk of the masked patch MSE: a function of P only, for the same reason.
+inline int64_t rows_per_chunk(int64_t p) { return p >= kChunk ? 1 : kChunk / (p > 0 ? p : 1); }
 
 }  // namespace fastloss::cpu

@@ -1,4 +1,4 @@
-// The pointwise kernels built for AVX2 with F16C (half <-> float in hardware). Chosen at run
+// The CPU kernels built for AVX2 with F16C (half <-> float in hardware). Chosen at run
 // time by kernels_for_this_cpu(); the summation order is the same as the default build's.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,f16c")
@@ -6,7 +6,10 @@
 #define FASTLOSS_HAVE_F16C 1
 #define FASTLOSS_ISA isa_avx2
 #define FASTLOSS_ISA_NAME "avx2+f16c"
-#include "pointwise_kernel_impl.h"
+#include "kernel_helpers.h"
+#include "pointwise_kernels.h"
+#include "masked_mse_kernels.h"
+#include "kernel_table.h"
 
 namespace fastloss::cpu {
 const KernelTable& kernels_avx2() { return isa_avx2::table(); }
@@ -18,7 +21,7 @@ const KernelTable& kernels_for_this_cpu() {
 }
 }  // namespace fastloss::cpu
 #else
-#include "pointwise_kernel_api.h"
+#include "kernel_api.h"
 namespace fastloss::cpu {
 const KernelTable& kernels_avx2() { return kernels_default(); }
 const KernelTable& kernels_for_this_cpu() { return kernels_default(); }

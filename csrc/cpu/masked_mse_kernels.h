@@ -1,0 +1,77 @@
+// The masked patch MSE row kernel (see kernel_api.h), for one instruction set.
+#include "../formulas/masked_mse.h"
+#include "kernel_helpers.h"
+
+namespace fastloss::cpu::FASTLOSS_ISA {
+namespace {
+
+// Sum over one row of f(j) for j in [0, p), in kLanes lanes: a fixed order.
+template <typename Acc, typename F>
+FASTLOSS_HD Acc row_sum(int64_t p, const F& f) {
+  Acc lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= p; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lanes[k] += f(j + k);
+  for (int k = 0; j + k < p; ++k) lanes[k] += f(j + k);
+  return Acc(sum_lanes(lanes));
+}
+
+template <typename T>
+double masked_mse_rows(const MaskedMseArgs& a, int64_t begin, int64_t end) {
+  using Acc = typename AccOf<T>::type;
+  const int64_t p = a.p;
+  const Acc eps = Acc(a.eps), scale = Acc(a.grad_scale);
+  double total = 0.0;
+  Acc xb[kLanes], tb[kLanes], gb[kLanes];
+  for (int64_t r = begin; r < end; ++r) {
+    const Acc m = load<Acc>(static_cast<const T*>(a.mask)[r]);
+    T* grad = a.grad_input ? static_cast<T*>(a.grad_input) + r * p : nullptr;
+    if (m == Acc(0)) {  // masked out: the row is not read
+      if (grad) {
+        for (int k = 0; k < kLanes; ++k) gb[k] = Acc(0);
+        for (int64_t j = 0; j < p; j += kLanes) store_block(gb, int(std::min<int64_t>(kLanes, p - j)), grad + j);
+      }
+      continue;
+    }
+    const T* x = static_cast<const T*>(a.input) + r * p;
+    const T* t = static_cast<const T*>(a.target) + r * p;
+    Acc mean = Acc(0), inv_std = Acc(1);
+    if (a.norm_target) {
+      mean = row_sum<Acc>(p, [&](int64_t j) { return load<Acc>(t[j]); }) / Acc(p);
+      const Acc centered = row_sum<Acc>(p, [&](int64_t j) {
+        const Acc c = load<Acc>(t[j]) - mean;
+        return c * c;
+      });
+      inv_std = masked_mse::inverse_std(centered, p, eps);
+    }
+    Acc lanes[kLanes] = {};
+    const Acc gscale = m * scale;
+    for (int64_t j = 0; j < p; j += kLanes) {
+      const int n = int(std::min<int64_t>(kLanes, p - j));
+      load_block(x + j, n, xb);
+      load_block(t + j, n, tb);
+      for (int k = 0; k < n; ++k) {
+        Acc sq, dx;
+        masked_mse::error(xb[k], masked_mse::target_value(tb[k], a.norm_target, mean, inv_std), sq, dx);
+        lanes[k] += sq;
+        gb[k] = dx * gscale;
+      }
+      if (grad) store_block(gb, n, grad + j);
+    }
+    total += double(m) * sum_lanes(lanes) / double(p);
+  }
+  return total;
+}
+
+MaskedMseRowsFn masked_mse_for(ScalarKind kind) {
+  switch (kind) {
+    case ScalarKind::kFloat: return &masked_mse_rows<float>;
+    case ScalarKind::kDouble: return &masked_mse_rows<double>;
+    case ScalarKind::kHalf: return &masked_mse_rows<Half>;
+    case ScalarKind::kBFloat16: return &masked_mse_rows<BFloat16>;
+  }
+  return nullptr;
+}
+
+}  // namespace
+}  // namespace fastloss::cpu::FASTLOSS_ISA
