@@ -1,66 +1,102 @@
-"""The benchmark cases, shared by the pytest-benchmark suite and the report: each provider's
-MSE training step (forward + backward) and the bytes that step must move."""
+"""The benchmark cases, shared by the pytest-benchmark suite and the report: each loss's
+training step (forward + backward) per provider, and the bytes that step must move."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 import fastloss
+from fastloss import reference
 
-Step = Callable[[torch.Tensor, torch.Tensor], None]
+Step = Callable[[], None]
+MAE_PATCH = 768       # 16 x 16 x 3 values per patch
+MAE_PATCHES = 196     # 14 x 14 patches per image
+MAE_MASK_RATIO = 0.75
 
 
-def make_inputs(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Case:
+    """Inputs of one loss at one size, and the bytes a fused step must move."""
+
+    loss: str
+    inputs: tuple
+    kwargs: dict
+    nbytes: int
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def make_case(loss: str, n: int, dtype: torch.dtype, device: str) -> Case:
+    """About n elements of input for `loss`."""
+    if loss == "masked_mse":
+        images = max(1, round(n / (MAE_PATCHES * MAE_PATCH)))
+        shape = (images, MAE_PATCHES, MAE_PATCH)
+        x = torch.randn(shape, dtype=dtype, device=device).requires_grad_()
+        t = torch.randn(shape, dtype=dtype, device=device)
+        mask = torch.rand(shape[:2], device=device) < MAE_MASK_RATIO
+        counted = int(mask.sum())
+        # read input and target of the counted patches, write the whole gradient, read the mask
+        nbytes = (2 * counted * MAE_PATCH + x.numel()) * _element_size(dtype) + mask.numel()
+        return Case(loss, (x, t, mask), {"norm_target": True}, nbytes)
     x = torch.randn(n, dtype=dtype, device=device).requires_grad_()
-    t = torch.randn(n, dtype=dtype, device=device)
-    return x, t
+    t = torch.rand(n, dtype=dtype, device=device) if loss == "bce" else torch.randn(n, dtype=dtype, device=device)
+    kwargs = {"smooth_l1": {"beta": 0.5}, "huber": {"delta": 0.5}}.get(loss, {})
+    return Case(loss, (x, t), kwargs, 3 * n * _element_size(dtype))  # read x, t; write grad
 
 
-def mse_bytes(n: int, dtype: torch.dtype) -> int:
-    """The least a forward+backward must move: read input and target, write grad_input."""
-    return 3 * n * torch.empty((), dtype=dtype).element_size()
+FASTLOSS_FN = {
+    "mse": fastloss.mse_loss, "l1": fastloss.l1_loss, "smooth_l1": fastloss.smooth_l1_loss,
+    "huber": fastloss.huber_loss, "bce": fastloss.binary_cross_entropy_with_logits,
+    "masked_mse": fastloss.masked_mse_loss,
+}
+TORCH_FN = {
+    "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss, "huber": F.huber_loss,
+    "bce": F.binary_cross_entropy_with_logits,
+    "masked_mse": lambda x, t, m, norm_target: reference.masked_mse_loss(x, t, m, norm_target),
+}
+LOSSES = list(FASTLOSS_FN)
 
 
-def fastloss_step(backend: str) -> Step:
-    def step(x, t):
+def _step(fn, case: Case) -> Step:
+    x = case.inputs[0]
+
+    def step():
         x.grad = None
-        fastloss.mse_loss(x, t, backend=backend).backward()
+        fn(*case.inputs, **case.kwargs).backward()
     return step
 
 
-def eager_step() -> Step:
-    def step(x, t):
-        x.grad = None
-        F.mse_loss(x, t).backward()
-    return step
-
-
-def compiled_step() -> Step:
-    compiled = torch.compile(lambda x, t: F.mse_loss(x, t), dynamic=False)
-
-    def step(x, t):
-        x.grad = None
-        compiled(x, t).backward()
-    return step
-
-
-def providers(device: str) -> dict[str, Callable[[], Step]]:
-    """Provider name -> factory of its step, for the backends that run on `device`."""
-    found: dict[str, Callable[[], Step]] = {}
+def providers(device: str) -> dict[str, Callable[[Case], Step]]:
+    """Provider name -> maker of its step for a case, for the backends that run on `device`."""
+    found: dict[str, Callable[[Case], Step]] = {}
     available = fastloss.available_backends()
+
+    def fastloss_maker(backend):
+        return lambda case: _step(lambda *a, **k: FASTLOSS_FN[case.loss](*a, **k, backend=backend), case)
+
     if device == "cpu":
         if available["cpu"]:
-            found["fastloss-cpu"] = lambda: fastloss_step("cpu")
+            found["fastloss-cpu"] = fastloss_maker("cpu")
     else:
         if available["cuda"]:
-            found["fastloss-cuda"] = lambda: fastloss_step("cuda")
+            found["fastloss-cuda"] = fastloss_maker("cuda")
         if available["triton"]:
-            found["fastloss-triton"] = lambda: fastloss_step("triton")
-    found["torch-eager"] = eager_step
-    found["torch-compile"] = compiled_step
+            found["fastloss-triton"] = fastloss_maker("triton")
+    found["torch-eager"] = lambda case: _step(TORCH_FN[case.loss], case)
+    compiled: dict[str, Callable] = {}
+
+    def compiled_maker(case):
+        if case.loss not in compiled:  # one compilation per loss, for every size
+            compiled[case.loss] = torch.compile(TORCH_FN[case.loss], dynamic=True)
+        return _step(compiled[case.loss], case)
+
+    found["torch-compile"] = compiled_maker
     return found
 
 

@@ -1,7 +1,7 @@
-"""The benchmark report: MSE forward+backward, fastloss vs torch eager vs torch.compile, with
-the copy bandwidth measured in the same run as the ceiling.
+"""The benchmark report: each loss's forward+backward, fastloss vs torch eager vs
+torch.compile, with the copy bandwidth measured in the same run as the ceiling.
 
-    python bench/report.py [--sizes 18,22,25] [--out DIR]
+    python bench/report.py [--sizes 18,22,25] [--losses mse,bce] [--out DIR]
 
 On CPU the cases run twice, each in its own process: with the default allocator (glibc hands
 large blocks back to the OS, so every freshly allocated output pays page faults on first
@@ -67,55 +67,62 @@ def time_gpu(fn) -> float:
     return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") / 1e3
 
 
-def measure(device: str, sizes: list[int], regime: str) -> dict:
+def measure(device: str, sizes: list[int], losses: list[str], regime: str) -> dict:
     import torch
 
     import cases
 
     timer = time_gpu if device == "cuda" else time_cpu
+    providers = cases.providers(device)
     rows = []
     for n in sizes:
         copy, copy_bytes = cases.copy_step(n, torch.float32, device)
-        copy_s = timer(copy)
+        copy_gbps = copy_bytes / timer(copy) / 1e9
         del copy
-        x, t = cases.make_inputs(n, torch.float32, device)
-        nbytes = cases.mse_bytes(n, torch.float32)
-        for name, factory in cases.providers(device).items():
-            step = factory()
-            seconds = timer(lambda: step(x, t))
-            rows.append({"n": n, "provider": name, "seconds": seconds, "bytes": nbytes,
-                         "gbps": nbytes / seconds / 1e9, "copy_gbps": copy_bytes / copy_s / 1e9})
-            print(f"  [{regime}] 2^{n.bit_length() - 1} {name:16s} {seconds * 1e3:9.3f} ms", flush=True)
+        for loss in losses:
+            case = cases.make_case(loss, n, torch.float32, device)
+            for name, make in providers.items():
+                step = make(case)
+                seconds = timer(step)
+                rows.append({"loss": loss, "n": n, "provider": name, "seconds": seconds,
+                             "bytes": case.nbytes, "gbps": case.nbytes / seconds / 1e9,
+                             "copy_gbps": copy_gbps})
+                print(f"  [{regime}] {loss:10s} 2^{n.bit_length() - 1} {name:16s} {seconds * 1e3:9.3f} ms",
+                      flush=True)
+            del case
     return {"regime": regime, "description": REGIMES[regime], "rows": rows}
 
 
 def table(result: dict) -> str:
-    lines = [f"### MSE forward+backward, float32 — {result['description']}", "",
-             "| size | provider | time (ms) | GB/s | % of copy | vs eager | vs compile |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    by_size: dict[int, dict[str, dict]] = {}
+    lines = [f"### Forward+backward, float32 — {result['description']}", "",
+             "| loss | size | provider | time (ms) | GB/s | % of copy | vs eager | vs compile |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    groups: dict[tuple, dict[str, dict]] = {}
+    copies: dict[int, float] = {}
     for row in result["rows"]:
-        by_size.setdefault(row["n"], {})[row["provider"]] = row
-    for n, rows in by_size.items():
+        groups.setdefault((row["loss"], row["n"]), {})[row["provider"]] = row
+        copies[row["n"]] = row["copy_gbps"]
+    for (loss, n), rows in groups.items():
         eager = rows.get("torch-eager", {}).get("seconds")
         compiled = rows.get("torch-compile", {}).get("seconds")
         for name, row in rows.items():
             s = row["seconds"]
             lines.append(
-                f"| 2^{n.bit_length() - 1} | {name} | {s * 1e3:.3f} | {row['gbps']:.1f} | "
+                f"| {loss} | 2^{n.bit_length() - 1} | {name} | {s * 1e3:.3f} | {row['gbps']:.1f} | "
                 f"{100 * row['gbps'] / row['copy_gbps']:.0f}% | "
                 f"{eager / s:.2f}x | {compiled / s:.2f}x |")
-        any_row = next(iter(rows.values()))
-        lines.append(f"| 2^{n.bit_length() - 1} | (copy ceiling) | | {any_row['copy_gbps']:.1f} | 100% | | |")
+    lines.append("")
+    lines.append("Copy ceiling (GB/s, read + written): " +
+                 ", ".join(f"2^{n.bit_length() - 1}: {gbps:.1f}" for n, gbps in copies.items()))
     return "\n".join(lines)
 
 
-def run_child(regime: str, sizes: list[int], preload: str | None) -> dict:
+def run_child(regime: str, sizes: list[int], losses: list[str], preload: str | None) -> dict:
     env = dict(os.environ)
     if preload:
         env["LD_PRELOAD"] = preload
     out = subprocess.run([sys.executable, __file__, "--child", regime, "--sizes",
-                          ",".join(str(n.bit_length() - 1) for n in sizes)],
+                          ",".join(str(n.bit_length() - 1) for n in sizes), "--losses", ",".join(losses)],
                          env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -123,6 +130,7 @@ def run_child(regime: str, sizes: list[int], preload: str | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated powers of two")
+    parser.add_argument("--losses", default=None, help="comma-separated, default all")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,9 +140,13 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     default_sizes = "22,25,28" if device == "cuda" else "18,22,25"
     sizes = [1 << int(p) for p in (args.sizes or default_sizes).split(",")]
+    sys.path.insert(0, str(HERE))
+    import cases
+
+    losses = args.losses.split(",") if args.losses else cases.LOSSES
 
     if args.child:  # one regime, in this process; the JSON goes last on stdout
-        result = measure(device, sizes, args.child)
+        result = measure(device, sizes, losses, args.child)
         print(json.dumps(result))
         return
 
@@ -142,13 +154,13 @@ def main() -> None:
 
     if device == "cuda":
         machine = torch.cuda.get_device_name()
-        results = [measure(device, sizes, "gpu")]
+        results = [measure(device, sizes, losses, "gpu")]
     else:
         machine = cpu_name()
-        results = [run_child("default", sizes, None)]
+        results = [run_child("default", sizes, losses, None)]
         tcmalloc = next((p for p in TCMALLOC_CANDIDATES if Path(p).exists()), None)
         if tcmalloc:
-            results.append(run_child("tcmalloc", sizes, tcmalloc))
+            results.append(run_child("tcmalloc", sizes, losses, tcmalloc))
         else:
             print("note: libtcmalloc_minimal.so.4 not found (apt-get install libtcmalloc-minimal4): "
                   "caching-allocator regime skipped", file=sys.stderr)
@@ -165,11 +177,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if device == "cuda" else "cpu"
-    (out / f"mse-report-{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (out / f"mse-report-{tag}.md").write_text(markdown)
+    (out / f"report-{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (out / f"report-{tag}.md").write_text(markdown)
     print()
     print(markdown)
-    print(f"(written to {out}/mse-report-{tag}.md and .json)")
+    print(f"(written to {out}/report-{tag}.md and .json)")
 
 
 if __name__ == "__main__":

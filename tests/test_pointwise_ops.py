@@ -251,3 +251,45 @@ def test_cuda_non_default_stream():
     stream.synchronize()
     ref = F.mse_loss(x.detach().double(), t.double())
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+
+
+ISA_SCRIPT = """
+import sys, torch, fastloss
+torch.manual_seed(7)
+out = []
+for fn, kw in [(fastloss.mse_loss, {}), (fastloss.l1_loss, {}), (fastloss.smooth_l1_loss, {"beta": 0.5}),
+               (fastloss.huber_loss, {"delta": 0.7}), (fastloss.binary_cross_entropy_with_logits, {})]:
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = (torch.randn(70001, dtype=torch.float64) * 4).to(dtype).requires_grad_()
+        t = torch.rand(70001, dtype=torch.float64).to(dtype)
+        loss = fn(x, t, reduction="sum", backend="cpu", **kw)
+        loss.backward()
+        out += [loss.detach().reshape(1).double(), x.grad.double()]
+x = torch.randn(6, 50, 97).requires_grad_()
+loss = fastloss.masked_mse_loss(x, torch.randn(6, 50, 97), torch.rand(6, 50) < 0.7, norm_target=True, backend="cpu")
+loss.backward()
+out += [loss.detach().reshape(1).double(), x.grad.double()]
+torch.save((fastloss._backend.extension().cpu_isa(), out), sys.argv[1])
+"""
+
+
+def test_cpu_builds_for_each_instruction_set_agree_bit_for_bit(tmp_path):
+    # The baseline, AVX2 and AVX-512 kernels share the summation order and the formulas, so on
+    # one machine they must give the same bits; each runs in its own process (chosen once).
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for isa in ("baseline", "avx2", ""):
+        path = tmp_path / f"{isa or 'best'}.pt"
+        env = {**os.environ, "FASTLOSS_CPU_ISA": isa}
+        proc = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        results[isa or "best"] = torch.load(path)
+    names = {k: v[0] for k, v in results.items()}
+    assert names["baseline"] == "baseline"
+    reference = results["baseline"][1]
+    for key in ("avx2", "best"):
+        for a, b in zip(reference, results[key][1]):
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), (names, key)

@@ -1,4 +1,4 @@
-// exp and log1p for the loss formulas. On the GPU: the CUDA math library. On the CPU, for
+// exp, log1p and friends for the loss formulas. On the GPU: the CUDA math library. On the CPU, for
 // float: branch-free polynomial versions that the compiler vectorizes (the C library's calls
 // would keep BCE-with-logits compute-bound); for double: the C library.
 #pragma once
@@ -16,11 +16,13 @@ FASTLOSS_HD float from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); retur
 FASTLOSS_HD uint32_t to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 }  // namespace detail
 
-// e^x for float, within 2 ulp on [-87, 88]; 0 below (no subnormal results), inf above.
+// e^x for float within 2 ulp, subnormal results included, 0 below -104, inf past the float
+// range, NaN for NaN. Written with selects of computed values only (no choice among
+// constants, which compilers may turn into branches), so that it vectorizes.
 FASTLOSS_HD float exp_cpu(float x) {
-  const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // x = k ln2 + r, |r| <= ln2/2, with ln2 split in two for an exact product.
-  // Round to nearest by the 1.5 * 2^23 trick: vectorizes on any SSE2 target.
+  const float clamped = select(x < -104.0f, -104.0f, select(x > 89.0f, 89.0f, x));
+  // x = k ln2 + r, |r| <= ln2/2, with ln2 split in two for an exact product; k rounded to
+  // nearest by the 1.5 * 2^23 trick (vectorizes on any SSE2 target).
   const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = clamped - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
@@ -33,35 +35,43 @@ FASTLOSS_HD float exp_cpu(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = detail::from_bits(uint32_t(int32_t(k) + 127) << 23);
-  const float result = p * scale;
-  return x < -87.0f ? 0.0f : (x > 88.0f ? INFINITY : (x != x ? x : result));
+  // 2^k in two factors, each a normal float for k in [-150, 128]: gradual underflow and
+  // overflow then come out of the products.
+  const int32_t ki = int32_t(k);
+  const int32_t k1 = ki / 2, k2 = ki - k1;
+  const float s1 = detail::from_bits(uint32_t(k1 + 127) << 23);
+  const float s2 = detail::from_bits(uint32_t(k2 + 127) << 23);
+  const float result = p * s1 * s2;
+  return select(x < -104.0f, 0.0f, result);
 }
 
-// log(1 + y) for float y >= 0 (what the losses need), accurate for tiny y.
-FASTLOSS_HD float log1p_nonneg_cpu(float y) {
-  const float u = 1.0f + y;
-  // u = m 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1).
-  const uint32_t bits = detail::to_bits(u);
-  int32_t e = int32_t((bits >> 23) & 0xff) - 127;
-  float m = detail::from_bits((bits & 0x007fffffu) | 0x3f800000u);
-  const bool big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  e = big ? e + 1 : e;
-  const float s = (m - 1.0f) / (m + 1.0f);
+// log(1 + e) and 1 / (1 + e) for float e in [0, 1] (the softplus and sigmoid of BCE), with
+// one division: log(1 + e) = 2 atanh(s), s = e / (2 + e) in [0, 1/3], by its series to s^15
+// (truncation < 1e-9); exact for tiny e, no rounding of 1 + e involved.
+FASTLOSS_HD void log1p_and_reciprocal_cpu(float e, float& log1p_e, float& reciprocal) {
+  const float a = 2.0f + e, b = 1.0f + e;
+  const float inv = 1.0f / (a * b);
+  const float s = e * b * inv;  // e / (2 + e)
+  reciprocal = a * inv;         // 1 / (1 + e)
   const float s2 = s * s;
-  float q = 1.0f / 9.0f;
+  float q = 1.0f / 15.0f;
+  q = q * s2 + 1.0f / 13.0f;
+  q = q * s2 + 1.0f / 11.0f;
+  q = q * s2 + 1.0f / 9.0f;
   q = q * s2 + 1.0f / 7.0f;
   q = q * s2 + 1.0f / 5.0f;
   q = q * s2 + 1.0f / 3.0f;
   q = q * s2 + 1.0f;
-  const float log_u = 2.0f * s * q + float(e) * 0.693147180559945309f;
-  // Correct for the rounding of 1 + y: log1p(y) = log(u) * y / (u - 1).
-  const float d = u - 1.0f;
-  const float result = d == 0.0f ? y : log_u * (y / d);
-  return y != y ? y : (y == INFINITY ? y : result);
+  log1p_e = 2.0f * s * q;
 }
 #endif
+
+// |x| and copysign without promotion to double (the C functions ::fabs, ::copysign take
+// double; a float argument would silently widen and take the slow path).
+FASTLOSS_HD float abs(float x) { return ::fabsf(x); }
+FASTLOSS_HD double abs(double x) { return ::fabs(x); }
+FASTLOSS_HD float copysign(float magnitude, float sign) { return ::copysignf(magnitude, sign); }
+FASTLOSS_HD double copysign(double magnitude, double sign) { return ::copysign(magnitude, sign); }
 
 FASTLOSS_HD float exp(float x) {
 #if defined(__CUDA_ARCH__)
@@ -72,13 +82,18 @@ FASTLOSS_HD float exp(float x) {
 }
 FASTLOSS_HD double exp(double x) { return ::exp(x); }
 
-FASTLOSS_HD float log1p_nonneg(float y) {
+// log(1 + e) and 1 / (1 + e) for e in [0, 1].
+FASTLOSS_HD void log1p_and_reciprocal(float e, float& log1p_e, float& reciprocal) {
 #if defined(__CUDA_ARCH__)
-  return ::log1pf(y);
+  log1p_e = ::log1pf(e);
+  reciprocal = 1.0f / (1.0f + e);
 #else
-  return log1p_nonneg_cpu(y);
+  log1p_and_reciprocal_cpu(e, log1p_e, reciprocal);
 #endif
 }
-FASTLOSS_HD double log1p_nonneg(double y) { return ::log1p(y); }
+FASTLOSS_HD void log1p_and_reciprocal(double e, double& log1p_e, double& reciprocal) {
+  log1p_e = ::log1p(e);
+  reciprocal = 1.0 / (1.0 + e);
+}
 
 }  // namespace fastloss::fmath

@@ -53,7 +53,9 @@ struct KernelTable {
 
 const KernelTable& kernels_default();
 const KernelTable& kernels_avx2();
-// The best table this CPU can run (AVX2+F16C when present), chosen once.
+const KernelTable& kernels_avx512();
+bool have_avx512();
+// The best table this CPU can run (AVX-512, else AVX2+F16C, else baseline), chosen once.
 const KernelTable& kernels_for_this_cpu();
 
 // Elements per reduction chunk: the fixed split that makes sums independent of thread count.

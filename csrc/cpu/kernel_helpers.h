@@ -16,7 +16,7 @@
 namespace fastloss::cpu::FASTLOSS_ISA {
 namespace {
 
-constexpr int kLanes = 16;
+constexpr int kLanes = 32;
 
 struct Half { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
@@ -89,6 +89,7 @@ FASTLOSS_HD void load_block(const T* __restrict src, int n, Acc* __restrict dst)
   }
 #endif
   for (int j = 0; j < n; ++j) dst[j] = load<Acc>(src[j]);
+  for (int j = n; j < kLanes; ++j) dst[j] = Acc(0);  // defined lanes past a tail
 }
 
 template <typename T, typename Acc>

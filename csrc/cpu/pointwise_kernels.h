@@ -16,6 +16,7 @@ FASTLOSS_HD void load_periodic(const T* __restrict src, int64_t period, int64_t 
     return;
   }
   for (int j = 0; j < n; ++j) dst[j] = load<Acc>(src[(base + j) % period]);
+  for (int j = n; j < kLanes; ++j) dst[j] = Acc(1);
 }
 
 template <typename T, typename Acc>
@@ -40,7 +41,10 @@ FASTLOSS_HD void pointwise_block(const PointwiseArgs& a, int64_t i, int n,
   load_operand<T>(a.weight, a.weight_period, i, n, w);
   load_operand<T>(a.aux, a.aux_period, i, n, aux);
   const Acc param = Acc(a.param), scale = Acc(a.grad_scale);
-  for (int j = 0; j < n; ++j) {
+  // All kLanes lanes, whatever n (a tail's extra lanes hold zeros and are not stored): a fixed
+  // trip count, and `omp simd`, make the compiler turn the formula's selects into blends.
+#pragma omp simd
+  for (int j = 0; j < kLanes; ++j) {
     Acc l, gx, gt;
     Formula::eval(x[j], t[j], param, aux[j], l, gx, gt);
     loss[j] = l * w[j];

@@ -16,7 +16,7 @@ namespace fastloss::masked_mse {
 template <typename T>
 FASTLOSS_HD T inverse_std(T centered_square_sum, int64_t p, T eps) {
   const T var = centered_square_sum / T(p - 1);
-  return T(1) / ::sqrt(var + eps);
+  return T(1) / std::sqrt(var + eps);
 }
 
 // The normalised target value, or t itself when not normalising.

@@ -25,8 +25,10 @@ constexpr int64_t kNumPointwiseLosses = 5;
 enum class Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 // sign(d) as torch.sign: -1, 0 or 1, and 0 for NaN (so torch's L1 gradient at NaN is 0).
+// One select of a computed value (not a choice among constants, which compilers may turn
+// into branches), so that it vectorizes.
 template <typename T>
-FASTLOSS_HD T sign_of(T d) { return T(T(0) < d) - T(d < T(0)); }
+FASTLOSS_HD T sign_of(T d) { return select(fmath::abs(d) > T(0), fmath::copysign(T(1), d), T(0)); }
 
 // l = (x - t)^2,  dl/dx = 2 (x - t),  dl/dt = -dl/dx.
 struct SquaredError {
@@ -44,7 +46,7 @@ struct AbsoluteError {
   template <typename T>
   FASTLOSS_HD static void eval(T x, T t, T, T, T& loss, T& d_input, T& d_target) {
     const T diff = x - t;
-    loss = diff < T(0) ? -diff : diff;
+    loss = fmath::abs(diff);
     d_input = sign_of(diff);
     d_target = -d_input;
   }
@@ -56,9 +58,10 @@ struct SmoothL1 {
   template <typename T>
   FASTLOSS_HD static void eval(T x, T t, T beta, T, T& loss, T& d_input, T& d_target) {
     const T diff = x - t;
-    const T abs_diff = diff < T(0) ? -diff : diff;
-    loss = abs_diff < beta ? T(0.5) * diff * diff / beta : abs_diff - T(0.5) * beta;
-    d_input = diff < -beta ? T(-1) : (diff > beta ? T(1) : diff / beta);
+    const T abs_diff = fmath::abs(diff);
+    loss = select(abs_diff < beta, T(0.5) * diff * diff / beta, abs_diff - T(0.5) * beta);
+    // = torch's (d < -beta ? -1 : d > beta ? 1 : d / beta), NaN included
+    d_input = select(abs_diff > beta, fmath::copysign(T(1), diff), diff / beta);
     d_target = -d_input;
   }
 };
@@ -68,9 +71,10 @@ struct Huber {
   template <typename T>
   FASTLOSS_HD static void eval(T x, T t, T delta, T, T& loss, T& d_input, T& d_target) {
     const T diff = x - t;
-    const T abs_diff = diff < T(0) ? -diff : diff;
-    loss = abs_diff < delta ? T(0.5) * diff * diff : delta * (abs_diff - T(0.5) * delta);
-    d_input = diff < -delta ? -delta : (diff > delta ? delta : diff);
+    const T abs_diff = fmath::abs(diff);
+    loss = select(abs_diff < delta, T(0.5) * diff * diff, delta * (abs_diff - T(0.5) * delta));
+    // = torch's (d < -delta ? -delta : d > delta ? delta : d), NaN included
+    d_input = select(abs_diff > delta, fmath::copysign(delta, diff), diff);
     d_target = -d_input;
   }
 };
@@ -82,10 +86,11 @@ struct Huber {
 struct BceWithLogits {
   template <typename T>
   FASTLOSS_HD static void eval(T x, T t, T, T pos_weight, T& loss, T& d_input, T& d_target) {
-    const T abs_x = x < T(0) ? -x : x;
-    const T e = fmath::exp(-abs_x);                      // in (0, 1]
-    const T softplus_neg = fmath::log1p_nonneg(e) + (x < T(0) ? -x : T(0));
-    const T sigmoid = (x < T(0) ? e : T(1)) / (T(1) + e);
+    const T e = fmath::exp(-fmath::abs(x));  // in [0, 1]
+    T log1p_e, r;                             // log(1 + e), 1 / (1 + e)
+    fmath::log1p_and_reciprocal(e, log1p_e, r);
+    const T softplus_neg = log1p_e + select(x < T(0), -x, T(0));
+    const T sigmoid = select(x < T(0), e * r, r);
     const T c = T(1) + (pos_weight - T(1)) * t;
     loss = (T(1) - t) * x + c * softplus_neg;
     d_input = c * sigmoid - pos_weight * t;
