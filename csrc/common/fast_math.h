@@ -26,9 +26,8 @@ FASTLOSS_HD float exp_cpu(float x) {
   const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = clamped - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
-  // e^r on [-ln2/2, ln2/2]: Taylor polynomial of degree 7 (truncation < 4e-9).
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
+  // e^r on [-ln2/2, ln2/2]: Taylor polynomial of degree 6 (truncation < 1.2e-7, 1 ulp).
+  float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
@@ -46,17 +45,15 @@ FASTLOSS_HD float exp_cpu(float x) {
 }
 
 // log(1 + e) and 1 / (1 + e) for float e in [0, 1] (the softplus and sigmoid of BCE), with
-// one division: log(1 + e) = 2 atanh(s), s = e / (2 + e) in [0, 1/3], by its series to s^15
-// (truncation < 1e-9); exact for tiny e, no rounding of 1 + e involved.
+// one division: log(1 + e) = 2 atanh(s), s = e / (2 + e) in [0, 1/3], by its series to s^11
+// (relative truncation < 2e-7 at e = 1, far less below); exact for tiny e.
 FASTLOSS_HD void log1p_and_reciprocal_cpu(float e, float& log1p_e, float& reciprocal) {
   const float a = 2.0f + e, b = 1.0f + e;
   const float inv = 1.0f / (a * b);
   const float s = e * b * inv;  // e / (2 + e)
   reciprocal = a * inv;         // 1 / (1 + e)
   const float s2 = s * s;
-  float q = 1.0f / 15.0f;
-  q = q * s2 + 1.0f / 13.0f;
-  q = q * s2 + 1.0f / 11.0f;
+  float q = 1.0f / 11.0f;
   q = q * s2 + 1.0f / 9.0f;
   q = q * s2 + 1.0f / 7.0f;
   q = q * s2 + 1.0f / 5.0f;

@@ -46,7 +46,7 @@ using MaskedMseRowsFn = double (*)(const MaskedMseArgs&, int64_t begin, int64_t 
 
 struct KernelTable {
   const char* name;  // the instruction set these kernels were built for
-  PointwiseRangeFn (*pointwise)(ScalarKind kind, int64_t loss);
+  PointwiseRangeFn (*pointwise)(ScalarKind kind, int64_t loss, bool weight, bool pos_weight);
   SumRangeFn (*sum)(ScalarKind kind);
   MaskedMseRowsFn (*masked_mse)(ScalarKind kind);
 };

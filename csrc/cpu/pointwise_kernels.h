@@ -31,25 +31,28 @@ FASTLOSS_HD void load_operand(const void* src, int64_t period, int64_t i, int n,
   }
 }
 
-template <typename T, typename Formula>
+// kWeight, kAux: whether weight / pos_weight are present; when absent the formula sees the
+// constant 1 and the compiler folds it away (BCE without pos_weight is that much cheaper).
+template <typename T, typename Formula, bool kWeight, bool kAux>
 FASTLOSS_HD void pointwise_block(const PointwiseArgs& a, int64_t i, int n,
                                  typename AccOf<T>::type* __restrict lanes) {
   using Acc = typename AccOf<T>::type;
   Acc x[kLanes], t[kLanes], w[kLanes], aux[kLanes], loss[kLanes], dx[kLanes], dt[kLanes];
   load_block(static_cast<const T*>(a.input) + i, n, x);
   load_block(static_cast<const T*>(a.target) + i, n, t);
-  load_operand<T>(a.weight, a.weight_period, i, n, w);
-  load_operand<T>(a.aux, a.aux_period, i, n, aux);
+  if constexpr (kWeight) load_operand<T>(a.weight, a.weight_period, i, n, w);
+  if constexpr (kAux) load_operand<T>(a.aux, a.aux_period, i, n, aux);
   const Acc param = Acc(a.param), scale = Acc(a.grad_scale);
   // All kLanes lanes, whatever n (a tail's extra lanes hold zeros and are not stored): a fixed
   // trip count, and `omp simd`, make the compiler turn the formula's selects into blends.
 #pragma omp simd
   for (int j = 0; j < kLanes; ++j) {
     Acc l, gx, gt;
-    Formula::eval(x[j], t[j], param, aux[j], l, gx, gt);
-    loss[j] = l * w[j];
-    dx[j] = gx * w[j] * scale;
-    dt[j] = gt * w[j] * scale;
+    Formula::eval(x[j], t[j], param, kAux ? aux[j] : Acc(1), l, gx, gt);
+    const Acc wj = kWeight ? w[j] : Acc(1);
+    loss[j] = l * wj;
+    dx[j] = gx * wj * scale;
+    dt[j] = gt * wj * scale;
   }
   if (a.loss_out) {
     store_block(loss, n, static_cast<T*>(a.loss_out) + i);
@@ -60,13 +63,13 @@ FASTLOSS_HD void pointwise_block(const PointwiseArgs& a, int64_t i, int n,
   if (a.grad_target) store_block(dt, n, static_cast<T*>(a.grad_target) + i);
 }
 
-template <typename T, typename Formula>
+template <typename T, typename Formula, bool kWeight, bool kAux>
 double pointwise_range(const PointwiseArgs& a, int64_t begin, int64_t end) {
   using Acc = typename AccOf<T>::type;
   Acc lanes[kLanes] = {};
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) pointwise_block<T, Formula>(a, i, kLanes, lanes);
-  if (i < end) pointwise_block<T, Formula>(a, i, int(end - i), lanes);
+  for (; i + kLanes <= end; i += kLanes) pointwise_block<T, Formula, kWeight, kAux>(a, i, kLanes, lanes);
+  if (i < end) pointwise_block<T, Formula, kWeight, kAux>(a, i, int(end - i), lanes);
   return sum_lanes(lanes);
 }
 
@@ -88,18 +91,19 @@ double sum_range(const void* data, int64_t begin, int64_t end) {
 }
 
 template <typename T>
-PointwiseRangeFn pointwise_for_loss(int64_t loss) {
+PointwiseRangeFn pointwise_for_loss(int64_t loss, bool weight, bool aux) {
   return FASTLOSS_DISPATCH_POINTWISE_LOSS(loss, [&]() -> PointwiseRangeFn {
-    return &pointwise_range<T, Formula>;
+    if (weight) return aux ? &pointwise_range<T, Formula, true, true> : &pointwise_range<T, Formula, true, false>;
+    return aux ? &pointwise_range<T, Formula, false, true> : &pointwise_range<T, Formula, false, false>;
   });
 }
 
-PointwiseRangeFn pointwise_for(ScalarKind kind, int64_t loss) {
+PointwiseRangeFn pointwise_for(ScalarKind kind, int64_t loss, bool weight, bool aux) {
   switch (kind) {
-    case ScalarKind::kFloat: return pointwise_for_loss<float>(loss);
-    case ScalarKind::kDouble: return pointwise_for_loss<double>(loss);
-    case ScalarKind::kHalf: return pointwise_for_loss<Half>(loss);
-    case ScalarKind::kBFloat16: return pointwise_for_loss<BFloat16>(loss);
+    case ScalarKind::kFloat: return pointwise_for_loss<float>(loss, weight, aux);
+    case ScalarKind::kDouble: return pointwise_for_loss<double>(loss, weight, aux);
+    case ScalarKind::kHalf: return pointwise_for_loss<Half>(loss, weight, aux);
+    case ScalarKind::kBFloat16: return pointwise_for_loss<BFloat16>(loss, weight, aux);
   }
   return nullptr;
 }

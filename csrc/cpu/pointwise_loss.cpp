@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cpu(
   args.grad_target = data_or_null(grad_target, need_grad_target);
   args.grad_scale = red == Reduction::kMean ? 1.0 / weight_sum : 1.0;
   args.param = param;
-  const PointwiseRangeFn range = kernels.pointwise(kind, loss);
+  const PointwiseRangeFn range = kernels.pointwise(kind, loss, args.weight != nullptr, args.aux != nullptr);
 
   if (red == Reduction::kNone) {
     at::parallel_for(0, num_chunks(n), 1, [&](int64_t first, int64_t last) {
