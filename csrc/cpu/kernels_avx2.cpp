@@ -2,6 +2,14 @@
 // time by kernels_for_this_cpu() (kernel_dispatch.cpp); the summation order is the same as the
 // default build's.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Standard headers first: GCC refuses to inline their always_inline parts into a function
+// compiled for another target.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
 #pragma GCC target("avx2,f16c")
 #include <immintrin.h>
 #define FASTLOSS_HAVE_F16C 1

@@ -2,6 +2,14 @@
 // compute-heavy formulas (BCE's exp and log1p) run twice as wide as on AVX2. Chosen at run
 // time by kernels_for_this_cpu(); the summation order is the same as every other build's.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Standard headers first: GCC refuses to inline their always_inline parts into a function
+// compiled for another target.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,prefer-vector-width=512")
 #include <immintrin.h>
 #define FASTLOSS_HAVE_F16C 1
