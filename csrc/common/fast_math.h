@@ -27,13 +27,15 @@ FASTLOSS_HD float exp_cpu(float x) {
   float r = clamped - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
   // e^r on [-ln2/2, ln2/2]: Taylor polynomial of degree 6 (truncation < 1.2e-7, 1 ulp).
+  // Horner steps as fused multiply-adds: correctly rounded, so every build gives the same
+  // bits (hardware FMA where the target has it).
   float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  p = std::fma(p, r, 1.0f / 120.0f);
+  p = std::fma(p, r, 1.0f / 24.0f);
+  p = std::fma(p, r, 1.0f / 6.0f);
+  p = std::fma(p, r, 0.5f);
+  p = std::fma(p, r, 1.0f);
+  p = std::fma(p, r, 1.0f);
   // 2^k in two factors, each a normal float for k in [-150, 128]: gradual underflow and
   // overflow then come out of the products.
   const int32_t ki = int32_t(k);
@@ -54,11 +56,11 @@ FASTLOSS_HD void log1p_and_reciprocal_cpu(float e, float& log1p_e, float& recipr
   reciprocal = a * inv;         // 1 / (1 + e)
   const float s2 = s * s;
   float q = 1.0f / 11.0f;
-  q = q * s2 + 1.0f / 9.0f;
-  q = q * s2 + 1.0f / 7.0f;
-  q = q * s2 + 1.0f / 5.0f;
-  q = q * s2 + 1.0f / 3.0f;
-  q = q * s2 + 1.0f;
+  q = std::fma(q, s2, 1.0f / 9.0f);
+  q = std::fma(q, s2, 1.0f / 7.0f);
+  q = std::fma(q, s2, 1.0f / 5.0f);
+  q = std::fma(q, s2, 1.0f / 3.0f);
+  q = std::fma(q, s2, 1.0f);
   log1p_e = 2.0f * s * q;
 }
 #endif

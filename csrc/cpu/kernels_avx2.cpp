@@ -10,7 +10,7 @@
 #include <cstring>
 #include <type_traits>
 
-#pragma GCC target("avx2,f16c")
+#pragma GCC target("avx2,f16c,fma")
 #include <immintrin.h>
 #define FASTLOSS_HAVE_F16C 1
 #define FASTLOSS_ISA isa_avx2

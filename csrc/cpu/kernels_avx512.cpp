@@ -10,7 +10,7 @@
 #include <cstring>
 #include <type_traits>
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma,prefer-vector-width=512")
 #include <immintrin.h>
 #define FASTLOSS_HAVE_F16C 1
 #define FASTLOSS_ISA isa_avx512
@@ -23,7 +23,8 @@
 namespace fastloss::cpu {
 bool have_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("fma");
 }
 const KernelTable& kernels_avx512() { return isa_avx512::table(); }
 }  // namespace fastloss::cpu
