@@ -293,3 +293,24 @@ def test_cpu_builds_for_each_instruction_set_agree_bit_for_bit(tmp_path):
     for key in ("avx2", "best"):
         for a, b in zip(reference, results[key][1]):
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), (names, key)
+
+
+def test_cpu_large_outputs_from_the_block_cache_are_correct_and_not_shared():
+    # outputs of 16 MiB and more come from fastloss's huge-page block cache: a block still
+    # held by a tensor must never be handed out again, and reuse must not leak old values
+    n = (1 << 22) + 5  # a little over 16 MiB of float32
+    x1, t1 = random((n,), torch.float32, "cpu", requires_grad=True), random((n,), torch.float32, "cpu")
+    fastloss.mse_loss(x1, t1, reduction="sum", backend="cpu").backward()
+    first = x1.grad
+    expected_first = 2.0 * (x1.detach() - t1)
+    x2, t2 = random((n,), torch.float32, "cpu", requires_grad=True), random((n,), torch.float32, "cpu")
+    out = fastloss.mse_loss(x2, t2, reduction="none", backend="cpu")
+    out.sum().backward()
+    assert first.data_ptr() not in (x2.grad.data_ptr(), out.data_ptr())
+    torch.testing.assert_close(first, expected_first)
+    torch.testing.assert_close(out, (x2.detach() - t2) ** 2)
+    torch.testing.assert_close(x2.grad, 2.0 * (x2.detach() - t2))
+    del first, x1  # its block returns to the cache; the next output of that size reuses it
+    x3 = random((n,), torch.float32, "cpu", requires_grad=True)
+    fastloss.mse_loss(x3, t1, reduction="sum", backend="cpu").backward()
+    torch.testing.assert_close(x3.grad, 2.0 * (x3.detach() - t1))

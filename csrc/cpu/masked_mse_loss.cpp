@@ -18,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_cpu(const at::Tensor& input,
   const ScalarKind kind = scalar_kind(input.scalar_type());
   const KernelTable& kernels = kernels_for_this_cpu();
   at::Tensor loss = at::empty({}, input.options());
-  at::Tensor grad = need_grad_input ? at::empty_like(input) : at::empty({0}, input.options());
+  at::Tensor grad = need_grad_input ? empty_output(input.sizes(), input.options()) : at::empty({0}, input.options());
 
   // sum(mask) first: the gradients are scaled by it.
   const SumRangeFn sum = kernels.sum(kind);

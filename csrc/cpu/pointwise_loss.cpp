@@ -31,9 +31,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_cpu(
   // "mean" divides by sum(weight) only where the loss says so (torch's MSE and L1 do).
   const bool weighted = weight.has_value() && mean_by_weight_sum;
 
-  at::Tensor loss_out = red == Reduction::kNone ? at::empty_like(input) : at::empty({}, input.options());
-  at::Tensor grad_input = need_grad_input ? at::empty_like(input) : at::empty({0}, input.options());
-  at::Tensor grad_target = need_grad_target ? at::empty_like(input) : at::empty({0}, input.options());
+  const auto opts = input.options();
+  at::Tensor loss_out = red == Reduction::kNone ? empty_output(input.sizes(), opts) : at::empty({}, opts);
+  at::Tensor grad_input = need_grad_input ? empty_output(input.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor grad_target = need_grad_target ? empty_output(input.sizes(), opts) : at::empty({0}, opts);
 
   // "mean" divides by N, or by sum(weight) when weighted: that sum is needed before the
   // gradients are written, so it takes a pass over weight alone (only when training).

@@ -1,0 +1,249 @@
+// The row losses on pairs and triplets of embeddings (contrastive, triplet margin, cosine
+// embedding), written once for the C++ CPU and CUDA row kernels (kernels/row_loss.py carries
+// the same steps for Triton). A row kernel reads rows a, b (and c) of D values and, per loss:
+//   accumulate(a_j, b_j, c_j)  -> up to three sums over the row (pass 1)
+//   finish(sums, label)        -> the row's loss and up to six gradient coefficients
+//   gradient(a_j, b_j, c_j, k) -> d loss / d a_j, b_j, c_j (pass 2, from cache)
+// Sums and coefficients are in T (float, or double for double inputs).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+
+#include "../common/fast_math.h"
+#include "../common/macros.h"
+
+namespace fastloss::row {
+
+// Numbers shared with fastloss/ops/row.py and kernels/row_loss.py.
+enum class RowLoss : int64_t {
+  kContrastiveEuclidean = 0,
+  kContrastiveManhattan = 1,
+  kContrastiveCosine = 2,
+  kTripletL2 = 3,
+  kTripletL1 = 4,
+  kTripletLp = 5,
+  kCosineEmbedding = 6,
+};
+constexpr int64_t kNumRowLosses = 7;
+
+template <typename T>
+struct Params {
+  T margin;
+  T eps;    // added to differences (pairwise_distance), or cosine_similarity's eps
+  T p;      // norm order of kTripletLp
+  bool swap;
+};
+
+template <typename T>
+FASTLOSS_HD T sign_of(T v) { return select(fmath::abs(v) > T(0), fmath::copysign(T(1), v), T(0)); }
+
+// 0.5 (y d^2 + (1 - y) max(0, m - d)^2) and its derivative by d (Hadsell et al. 2006, with
+// y = 1 for a similar pair).
+template <typename T>
+FASTLOSS_HD T contrastive(T d, T y, T margin, T& dloss_dd) {
+  const T hinge = select(margin - d > T(0), margin - d, T(0));
+  dloss_dd = y * d - (T(1) - y) * hinge;
+  return T(0.5) * (y * d * d + (T(1) - y) * hinge * hinge);
+}
+
+// d = || a - b + eps ||_2 (torch.pairwise_distance, p = 2).
+struct ContrastiveEuclidean {
+  template <typename T>
+  FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>& q, T* s) {
+    const T v = a - b + q.eps;
+    s[0] += v * v;
+  }
+  template <typename T>
+  FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
+    const T d = std::sqrt(s[0]);
+    T dloss_dd;
+    const T loss = contrastive(d, y, q.margin, dloss_dd);
+    k[0] = select(d > T(0), dloss_dd / d, T(0));  // the norm's gradient at 0 is 0, as torch's
+    return loss;
+  }
+  template <typename T>
+  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>& q, T& ga, T& gb, T& gc) {
+    ga = k[0] * (a - b + q.eps);
+    gb = -ga;
+    gc = T(0);
+  }
+};
+
+// d = || a - b + eps ||_1.
+struct ContrastiveManhattan {
+  template <typename T>
+  FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>& q, T* s) {
+    s[0] += fmath::abs(a - b + q.eps);
+  }
+  template <typename T>
+  FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
+    T dloss_dd;
+    const T loss = contrastive(s[0], y, q.margin, dloss_dd);
+    k[0] = dloss_dd;
+    return loss;
+  }
+  template <typename T>
+  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>& q, T& ga, T& gb, T& gc) {
+    ga = k[0] * sign_of(a - b + q.eps);
+    gb = -ga;
+    gc = T(0);
+  }
+};
+
+// cos = (a / max(|a|, eps)) . (b / max(|b|, eps)) as torch.cosine_similarity computes it, with
+// its gradient: the clamped norms divide, the norm's own derivative uses the true norm (and is
+// 0 for a zero vector).
+template <typename T>
+FASTLOSS_HD T clamped_cosine(const T* s, T eps, T& inv_norms, T& self_a, T& self_b) {
+  const T na = std::sqrt(s[1]), nb = std::sqrt(s[2]);
+  const T ca = select(na > eps, na, eps), cb = select(nb > eps, nb, eps);
+  inv_norms = T(1) / (ca * cb);
+  const T cos = s[0] * inv_norms;
+  self_a = select(na > T(0), cos / (ca * na), T(0));
+  self_b = select(nb > T(0), cos / (cb * nb), T(0));
+  return cos;
+}
+
+// d = 1 - cosine_similarity(a, b, eps=1e-8).
+struct ContrastiveCosine {
+  template <typename T>
+  FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>&, T* s) {
+    s[0] += a * b;
+    s[1] += a * a;
+    s[2] += b * b;
+  }
+  template <typename T>
+  FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
+    T inv_norms, self_a, self_b;
+    const T cos = clamped_cosine(s, T(1e-8), inv_norms, self_a, self_b);
+    T dloss_dd;
+    const T loss = contrastive(T(1) - cos, y, q.margin, dloss_dd);
+    const T dloss_dcos = -dloss_dd;
+    k[0] = dloss_dcos * inv_norms;   // times the other vector
+    k[1] = -dloss_dcos * self_a;     // times a, into ga
+    k[2] = -dloss_dcos * self_b;     // times b, into gb
+    return loss;
+  }
+  template <typename T>
+  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>&, T& ga, T& gb, T& gc) {
+    ga = k[0] * b + k[1] * a;
+    gb = k[0] * a + k[2] * b;
+    gc = T(0);
+  }
+};
+
+// Norms of order 2, 1 or p for the triplet loss: |v|^p summed, the root, and the direction
+// G(v) with d ||v|| / dv = G(v) / ||v||^(p-1).
+struct NormL2 {
+  template <typename T> FASTLOSS_HD static T power(T v, T) { return v * v; }
+  template <typename T> FASTLOSS_HD static T root(T s, T) { return std::sqrt(s); }
+  template <typename T> FASTLOSS_HD static T scale(T d, T) { return select(d > T(0), T(1) / d, T(0)); }
+  template <typename T> FASTLOSS_HD static T direction(T v, T) { return v; }
+};
+struct NormL1 {
+  template <typename T> FASTLOSS_HD static T power(T v, T) { return fmath::abs(v); }
+  template <typename T> FASTLOSS_HD static T root(T s, T) { return s; }
+  template <typename T> FASTLOSS_HD static T scale(T, T) { return T(1); }
+  template <typename T> FASTLOSS_HD static T direction(T v, T) { return sign_of(v); }
+};
+struct NormLp {
+  template <typename T> FASTLOSS_HD static T power(T v, T p) { return std::pow(fmath::abs(v), p); }
+  template <typename T> FASTLOSS_HD static T root(T s, T p) { return std::pow(s, T(1) / p); }
+  template <typename T> FASTLOSS_HD static T scale(T d, T p) {
+    return select(d > T(0), T(1) / std::pow(d, p - T(1)), T(0));
+  }
+  template <typename T> FASTLOSS_HD static T direction(T v, T p) {
+    return sign_of(v) * std::pow(fmath::abs(v), p - T(1));
+  }
+};
+
+// max(d(a, p) - d(a, n) + margin, 0), d = pairwise_distance with eps; with swap, d(a, n) is
+// min(d(a, n), d(p, n)) (a tie splits the gradient in half, as torch's minimum does). The
+// clamp passes the gradient where its argument is >= 0, as torch's clamp_min does.
+template <typename Norm>
+struct Triplet {
+  template <typename T>
+  FASTLOSS_HD static void accumulate(T a, T p, T n, const Params<T>& q, T* s) {
+    s[0] += Norm::power(a - p + q.eps, q.p);
+    s[1] += Norm::power(a - n + q.eps, q.p);
+    if (q.swap) s[2] += Norm::power(p - n + q.eps, q.p);
+  }
+  template <typename T>
+  FASTLOSS_HD static T finish(const T* s, T, const Params<T>& q, T* k) {
+    const T d_ap = Norm::root(s[0], q.p), d_an = Norm::root(s[1], q.p);
+    T d_neg = d_an, w_an = T(1), w_pn = T(0), d_pn = T(0);
+    if (q.swap) {
+      d_pn = Norm::root(s[2], q.p);
+      d_neg = select(d_pn < d_an, d_pn, d_an);
+      w_an = select(d_an < d_pn, T(1), select(d_an == d_pn, T(0.5), T(0)));
+      w_pn = T(1) - w_an;
+    }
+    const T hinge = d_ap - d_neg + q.margin;
+    const T active = select(hinge >= T(0), T(1), T(0));
+    k[0] = active * Norm::scale(d_ap, q.p);
+    k[1] = active * w_an * Norm::scale(d_an, q.p);
+    k[2] = active * w_pn * Norm::scale(d_pn, q.p);
+    return select(hinge > T(0), hinge, T(0));
+  }
+  template <typename T>
+  FASTLOSS_HD static void gradient(T a, T p, T n, const T* k, const Params<T>& q, T& ga, T& gp, T& gn) {
+    const T g_ap = k[0] * Norm::direction(a - p + q.eps, q.p);
+    const T g_an = k[1] * Norm::direction(a - n + q.eps, q.p);
+    const T g_pn = q.swap ? k[2] * Norm::direction(p - n + q.eps, q.p) : T(0);
+    ga = g_ap - g_an;
+    gp = -g_ap - g_pn;
+    gn = g_an + g_pn;
+  }
+};
+
+// torch.cosine_embedding_loss: cos = a.b / sqrt((|a|^2 + 1e-12)(|b|^2 + 1e-12)); 1 - cos for
+// target 1, max(0, cos - margin) for target -1, 0 for any other target.
+struct CosineEmbedding {
+  template <typename T>
+  FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>&, T* s) {
+    s[0] += a * b;
+    s[1] += a * a;
+    s[2] += b * b;
+  }
+  template <typename T>
+  FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
+    const T m1 = s[1] + T(1e-12), m2 = s[2] + T(1e-12);
+    const T denom = std::sqrt(m1 * m2);
+    const T cos = s[0] / denom;
+    const bool pos = y == T(1), neg = y == T(-1);
+    const T above = cos - q.margin;
+    const T loss = select(pos, T(1) - cos, select(neg, select(above > T(0), above, T(0)), T(0)));
+    const T dloss_dcos = select(pos, T(-1), select(neg && above >= T(0), T(1), T(0)));
+    k[0] = dloss_dcos / denom;
+    k[1] = -dloss_dcos * cos / m1;
+    k[2] = -dloss_dcos * cos / m2;
+    return loss;
+  }
+  template <typename T>
+  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>&, T& ga, T& gb, T& gc) {
+    ga = k[0] * b + k[1] * a;
+    gb = k[0] * a + k[2] * b;
+    gc = T(0);
+  }
+};
+
+}  // namespace fastloss::row
+
+// Runs BODY with `RowFormula` bound to the formula struct of LOSS (a RowLoss value).
+#define FASTLOSS_ROW_CASE(KIND, ...) \
+  case ::fastloss::row::RowLoss::KIND: { using RowFormula = __VA_ARGS__; return body(RowFormula{}); }
+#define FASTLOSS_DISPATCH_ROW_LOSS(LOSS, BODY)                                                 \
+  [&] {                                                                                        \
+    auto body = BODY;                                                                          \
+    switch (static_cast<::fastloss::row::RowLoss>(LOSS)) {                                     \
+      FASTLOSS_ROW_CASE(kContrastiveEuclidean, ::fastloss::row::ContrastiveEuclidean)         \
+      FASTLOSS_ROW_CASE(kContrastiveManhattan, ::fastloss::row::ContrastiveManhattan)         \
+      FASTLOSS_ROW_CASE(kContrastiveCosine, ::fastloss::row::ContrastiveCosine)               \
+      FASTLOSS_ROW_CASE(kTripletL2, ::fastloss::row::Triplet<::fastloss::row::NormL2>)        \
+      FASTLOSS_ROW_CASE(kTripletL1, ::fastloss::row::Triplet<::fastloss::row::NormL1>)        \
+      FASTLOSS_ROW_CASE(kTripletLp, ::fastloss::row::Triplet<::fastloss::row::NormLp>)        \
+      FASTLOSS_ROW_CASE(kCosineEmbedding, ::fastloss::row::CosineEmbedding)                   \
+    }                                                                                          \
+    throw std::invalid_argument("fastloss: unknown row loss id");                              \
+  }()
