@@ -19,6 +19,13 @@ TORCH_LIBRARY(fastloss, m) {
   m.def(
       "masked_mse_loss(Tensor input, Tensor target, Tensor mask, bool norm_target, float eps, "
       "bool need_grad_input) -> (Tensor, Tensor)");
+  // A loss over rows of pairs or triplets of embeddings (formulas/row.h): a, b, c (N, D),
+  // label (N,). Returns (loss, grad_a, grad_b, grad_c): loss (N,) for none, else 0-d; each
+  // gradient as if grad_output were 1, or empty when not asked.
+  m.def(
+      "row_loss(Tensor a, Tensor b, Tensor? c, Tensor? label, int loss, int reduction, float margin, "
+      "float eps, float p, bool swap, bool need_grad_a, bool need_grad_b, bool need_grad_c) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

@@ -59,9 +59,13 @@ inline void check_pointwise_args(const at::Tensor& input, const at::Tensor& targ
 }
 
 inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& grad_output) {
-  TORCH_CHECK(grad_output.dim() == 0 || grad_output.sizes() == grad.sizes(),
-              "fastloss: grad_output must be 0-d or have the gradient's shape ", grad.sizes(),
-              ", got ", grad_output.sizes());
+  bool broadcasts = grad_output.dim() <= grad.dim();
+  for (int64_t i = 1; broadcasts && i <= grad_output.dim(); ++i) {
+    const int64_t g = grad_output.size(-i);
+    broadcasts = g == 1 || g == grad.size(-i);
+  }
+  TORCH_CHECK(broadcasts, "fastloss: grad_output must be 0-d or broadcast to the gradient's shape ",
+              grad.sizes(), ", got ", grad_output.sizes());
   TORCH_CHECK(grad_output.device() == grad.device(),
               "fastloss: grad_output must be on the gradient's device ", grad.device(), ", got ",
               grad_output.device());

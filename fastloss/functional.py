@@ -13,9 +13,10 @@ import torch
 from . import _args, reference
 from .ops import masked_mse as masked_ops
 from .ops import pointwise as ops
+from .ops import row as row_ops
 
-__all__ = ["binary_cross_entropy_with_logits", "huber_loss", "l1_loss", "masked_mse_loss", "mse_loss",
-           "smooth_l1_loss"]
+__all__ = ["binary_cross_entropy_with_logits", "contrastive_loss", "cosine_embedding_loss", "huber_loss",
+           "l1_loss", "masked_mse_loss", "mse_loss", "smooth_l1_loss", "triplet_margin_loss"]
 
 
 def _warn_size_mismatch(input, target) -> None:
@@ -151,3 +152,70 @@ def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return masked_ops.masked_mse_loss(
         input, target, mask, norm_target, eps, backend,
         lambda: reference.masked_mse_loss(input, target, mask, norm_target, eps))
+
+
+DISTANCES = ("euclidean", "manhattan", "cosine")
+
+
+def contrastive_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, margin: float = 1.0,
+                     distance: str = "euclidean", reduction: str = "mean", *, eps: float = 1e-6,
+                     backend: str = "auto") -> torch.Tensor:
+    """The contrastive loss of siamese networks on pairs of embeddings, fused.
+
+    Per pair: 0.5 * (y * d^2 + (1 - y) * max(0, margin - d)^2), with y = target: 1 for a similar
+    pair, 0 for a dissimilar one, values in between as soft labels (bool, int or float). This is
+    Hadsell, Chopra and LeCun (2006) with the now common convention: their Y is 1 - target.
+
+    Args:
+        x1, x2: (N, D) embeddings, or (D,) for one pair.
+        target: (N,) (0-d for one pair).
+        margin: how far dissimilar pairs are pushed (negative margins are accepted, as torch's).
+        distance: "euclidean" = F.pairwise_distance(x1, x2, p=2, eps=eps) (eps added to the
+            difference, as torch does), "manhattan" the same with p=1, "cosine" =
+            1 - F.cosine_similarity(x1, x2, dim=-1, eps=1e-8).
+        reduction: "mean" | "sum" | "none".
+
+    With distance="cosine" and margin=0.5 this is sentence-transformers' ContrastiveLoss with its
+    default SiameseDistanceMetric.COSINE_DISTANCE and size_average=True, labels 1 = similar.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"fastloss.contrastive_loss: distance must be one of {', '.join(map(repr, DISTANCES))}, "
+                         f"got {distance!r}")
+    _args.check_tensor("contrastive_loss", "target", target)
+    if target.dtype.is_complex:
+        raise TypeError(f"fastloss.contrastive_loss: target must be bool, integer or floating point, got {target.dtype}")
+    return row_ops.row_loss(
+        "contrastive_loss", row_ops.CONTRASTIVE[distance], [("x1", x1), ("x2", x2)], target, reduction,
+        margin, eps, 2.0, False, backend,
+        lambda: reference.contrastive_loss(x1, x2, target, margin, distance, reduction, eps))
+
+
+def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                        margin: float = 1.0, p: float = 2, eps: float = 1e-6, swap: bool = False,
+                        size_average: bool | None = None, reduce: bool | None = None,
+                        reduction: str = "mean", *, backend: str = "auto") -> torch.Tensor:
+    """torch.nn.functional.triplet_margin_loss, fused: max(d(a, p) - d(a, n) + margin, 0) with
+    d = pairwise_distance (norm p, eps added to the difference); swap uses min(d(a, n), d(p, n)).
+    Fast paths for p = 2 and p = 1; any other positive p works too."""
+    reduction = _args.legacy_reduction(size_average, reduce, reduction)
+    p = float(p)
+    kind = row_ops.TRIPLET_L2 if p == 2.0 else row_ops.TRIPLET_L1 if p == 1.0 else row_ops.TRIPLET_LP
+    ref = lambda: reference.triplet_margin_loss(anchor, positive, negative, margin, p, eps, swap, reduction)  # noqa: E731
+    if not (p > 0 and p != float("inf")):
+        return ref()  # torch's own handling of p <= 0 and infinity
+    return row_ops.row_loss("triplet_margin_loss", kind, [("anchor", anchor), ("positive", positive),
+                                                          ("negative", negative)],
+                            None, reduction, margin, eps, p, swap, backend, ref)
+
+
+def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
+                          margin: float = 0, size_average: bool | None = None, reduce: bool | None = None,
+                          reduction: str = "mean", *, backend: str = "auto") -> torch.Tensor:
+    """torch.nn.functional.cosine_embedding_loss, fused: 1 - cos for target 1, max(0, cos -
+    margin) for target -1, 0 for any other target value (as torch)."""
+    reduction = _args.legacy_reduction(size_average, reduce, reduction)
+    _args.check_tensor("cosine_embedding_loss", "target", target)
+    return row_ops.row_loss(
+        "cosine_embedding_loss", row_ops.COSINE_EMBEDDING, [("input1", input1), ("input2", input2)], target,
+        reduction, margin, 0.0, 2.0, False, backend,
+        lambda: reference.cosine_embedding_loss(input1, input2, target, margin, reduction))

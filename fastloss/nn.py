@@ -7,7 +7,8 @@ import torch
 
 from . import functional
 
-__all__ = ["BCEWithLogitsLoss", "HuberLoss", "L1Loss", "MSELoss", "MaskedMSELoss", "SmoothL1Loss"]
+__all__ = ["BCEWithLogitsLoss", "ContrastiveLoss", "CosineEmbeddingLoss", "HuberLoss", "L1Loss", "MSELoss",
+           "MaskedMSELoss", "SmoothL1Loss", "TripletMarginLoss"]
 
 
 class MSELoss(torch.nn.MSELoss):
@@ -93,3 +94,48 @@ class MaskedMSELoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"norm_target={self.norm_target}, eps={self.eps}"
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """The contrastive loss of siamese networks: forward(x1, x2, target); see
+    :func:`fastloss.contrastive_loss`."""
+
+    def __init__(self, margin: float = 1.0, distance: str = "euclidean", reduction: str = "mean", *,
+                 eps: float = 1e-6, backend: str = "auto") -> None:
+        super().__init__()
+        self.margin, self.distance, self.reduction, self.eps, self.backend = margin, distance, reduction, eps, backend
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.contrastive_loss(x1, x2, target, self.margin, self.distance, self.reduction,
+                                           eps=self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, distance={self.distance!r}, reduction={self.reduction!r}"
+
+
+class TripletMarginLoss(torch.nn.TripletMarginLoss):
+    """torch.nn.TripletMarginLoss computed by fastloss's fused row kernel."""
+
+    def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                 size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean", *,
+                 backend: str = "auto") -> None:
+        super().__init__(margin, p, eps, swap, size_average, reduce, reduction)
+        self.backend = backend
+
+    def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        return functional.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p,
+                                              eps=self.eps, swap=self.swap, reduction=self.reduction,
+                                              backend=self.backend)
+
+
+class CosineEmbeddingLoss(torch.nn.CosineEmbeddingLoss):
+    """torch.nn.CosineEmbeddingLoss computed by fastloss's fused row kernel."""
+
+    def __init__(self, margin: float = 0.0, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", *, backend: str = "auto") -> None:
+        super().__init__(margin, size_average, reduce, reduction)
+        self.backend = backend
+
+    def forward(self, input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.cosine_embedding_loss(input1, input2, target, margin=self.margin,
+                                                reduction=self.reduction, backend=self.backend)

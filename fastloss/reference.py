@@ -95,3 +95,29 @@ class _quiet:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+def contrastive_loss(x1, x2, target, margin=1.0, distance="euclidean", reduction="mean", eps=1e-6):
+    """0.5 (y d^2 + (1 - y) max(0, margin - d)^2), y = 1 for a similar pair (Hadsell, Chopra
+    and LeCun 2006 with their Y = 1 - y); d = pairwise_distance (p = 2 or 1, eps added to the
+    difference) or 1 - cosine_similarity (eps 1e-8)."""
+    if distance == "euclidean":
+        d = F.pairwise_distance(x1, x2, p=2.0, eps=eps)
+    elif distance == "manhattan":
+        d = F.pairwise_distance(x1, x2, p=1.0, eps=eps)
+    else:
+        d = 1.0 - F.cosine_similarity(x1, x2, dim=-1, eps=1e-8)
+    y = target.to(d.dtype)
+    loss = 0.5 * (y * d * d + (1.0 - y) * F.relu(margin - d) ** 2)
+    return reduce(loss, reduction)
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False, reduction="mean"):
+    """torch's triplet margin loss."""
+    return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=p, eps=eps, swap=swap,
+                                 reduction=reduction)
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean"):
+    """torch's cosine embedding loss."""
+    return F.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)

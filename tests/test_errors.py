@@ -112,7 +112,7 @@ def test_op_level_checks():
         torch.ops.fastloss.pointwise_loss(x, x, None, None, 99, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError, match=r"pos_weight must have input's numel 4 or a divisor of it"):
         torch.ops.fastloss.pointwise_loss(x, x, None, torch.ones(3), 4, 1, 0.0, False, False, False)
-    with pytest.raises(RuntimeError, match="grad_output must be 0-d or have the gradient's shape"):
+    with pytest.raises(RuntimeError, match="grad_output must be 0-d or broadcast to the gradient's shape"):
         torch.ops.fastloss.scale_grad_(x, torch.randn(3))
 
 

@@ -35,6 +35,22 @@ struct MaskedMseArgs {
   double grad_scale;  // 1 / (P * sum(mask))
 };
 
+// Rows of a pair/triplet loss: a, b (and c) (N, D), label (N) or null.
+struct RowArgs {
+  const void* a;
+  const void* b;
+  const void* c;       // triplet negatives, or null
+  const void* label;   // per-row target, or null
+  void* loss_out;      // per-row loss (reduction "none"), or null to sum instead
+  void* grad_a;        // gradients as if grad_output were 1 (times grad_scale), or null
+  void* grad_b;
+  void* grad_c;
+  int64_t d;
+  double grad_scale;   // 1/N for "mean"
+  double margin, eps, p;
+  bool swap;
+};
+
 // Evaluates elements [begin, end) and returns the sum of their (weighted) losses, accumulated
 // in float (double for double inputs) in an order fixed by the element indices alone.
 using PointwiseRangeFn = double (*)(const PointwiseArgs&, int64_t begin, int64_t end);
@@ -44,11 +60,15 @@ using SumRangeFn = double (*)(const void* data, int64_t begin, int64_t end);
 // writes the gradient rows (zeros where mask is 0: those rows are not read).
 using MaskedMseRowsFn = double (*)(const MaskedMseArgs&, int64_t begin, int64_t end);
 
+// Rows [begin, end) of a row loss: returns the sum of their losses, writes the rest.
+using RowRangeFn = double (*)(const RowArgs&, int64_t begin, int64_t end);
+
 struct KernelTable {
   const char* name;  // the instruction set these kernels were built for
   PointwiseRangeFn (*pointwise)(ScalarKind kind, int64_t loss, bool weight, bool pos_weight);
   SumRangeFn (*sum)(ScalarKind kind);
   MaskedMseRowsFn (*masked_mse)(ScalarKind kind);
+  RowRangeFn (*row_loss)(ScalarKind kind, int64_t loss);
 };
 
 const KernelTable& kernels_default();

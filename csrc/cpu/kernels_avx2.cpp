@@ -18,6 +18,7 @@
 #include "kernel_helpers.h"
 #include "pointwise_kernels.h"
 #include "masked_mse_kernels.h"
+#include "row_loss_kernels.h"
 #include "kernel_table.h"
 
 namespace fastloss::cpu {

@@ -46,14 +46,16 @@ double masked_mse_rows(const MaskedMseArgs& a, int64_t begin, int64_t end) {
     }
     Acc lanes[kLanes] = {};
     const Acc gscale = m * scale;
+    // Without normalisation mean = 0 and inv_std = 1, and (t - 0) * 1 is t exactly: one
+    // branch-free loop over all kLanes lanes (a tail's extra lanes are not stored or summed).
     for (int64_t j = 0; j < p; j += kLanes) {
       const int n = int(std::min<int64_t>(kLanes, p - j));
       load_block(x + j, n, xb);
       load_block(t + j, n, tb);
-      for (int k = 0; k < n; ++k) {
+      for (int k = 0; k < kLanes; ++k) {
         Acc sq, dx;
-        masked_mse::error(xb[k], masked_mse::target_value(tb[k], a.norm_target, mean, inv_std), sq, dx);
-        lanes[k] += sq;
+        masked_mse::error(xb[k], (tb[k] - mean) * inv_std, sq, dx);
+        lanes[k] += k < n ? sq : Acc(0);
         gb[k] = dx * gscale;
       }
       if (grad) store_block(gb, n, grad + j);

@@ -233,9 +233,9 @@ struct CosineEmbedding {
 // Runs BODY with `RowFormula` bound to the formula struct of LOSS (a RowLoss value).
 #define FASTLOSS_ROW_CASE(KIND, ...) \
   case ::fastloss::row::RowLoss::KIND: { using RowFormula = __VA_ARGS__; return body(RowFormula{}); }
-#define FASTLOSS_DISPATCH_ROW_LOSS(LOSS, BODY)                                                 \
+#define FASTLOSS_DISPATCH_ROW_LOSS(LOSS, ...)                                                  \
   [&] {                                                                                        \
-    auto body = BODY;                                                                          \
+    auto body = __VA_ARGS__;                                                                   \
     switch (static_cast<::fastloss::row::RowLoss>(LOSS)) {                                     \
       FASTLOSS_ROW_CASE(kContrastiveEuclidean, ::fastloss::row::ContrastiveEuclidean)         \
       FASTLOSS_ROW_CASE(kContrastiveManhattan, ::fastloss::row::ContrastiveManhattan)         \

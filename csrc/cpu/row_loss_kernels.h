@@ -1,0 +1,82 @@
+// The row-loss kernel (contrastive, triplet, cosine embedding; see formulas/row.h), for one
+// instruction set: per row, pass 1 sums over D in kLanes lanes (a fixed order), the row's
+// formula turns the sums into its loss and gradient coefficients, pass 2 writes the gradients
+// (the row is still in cache).
+#include "../formulas/row.h"
+#include "kernel_helpers.h"
+
+namespace fastloss::cpu::FASTLOSS_ISA {
+namespace {
+
+template <typename T, typename Formula>
+double row_range(const RowArgs& a, int64_t begin, int64_t end) {
+  using Acc = typename AccOf<T>::type;
+  const int64_t d = a.d;
+  const row::Params<Acc> q{Acc(a.margin), Acc(a.eps), Acc(a.p), a.swap};
+  const Acc scale = Acc(a.grad_scale);
+  const bool three = a.c != nullptr;
+  double total = 0.0;
+  Acc ab[kLanes], bb[kLanes], cb[kLanes], ga[kLanes], gb[kLanes], gc[kLanes];
+  for (int k = 0; k < kLanes; ++k) cb[k] = Acc(0);
+  for (int64_t r = begin; r < end; ++r) {
+    const T* ra = static_cast<const T*>(a.a) + r * d;
+    const T* rb = static_cast<const T*>(a.b) + r * d;
+    const T* rc = three ? static_cast<const T*>(a.c) + r * d : nullptr;
+    Acc sums[3][kLanes] = {};
+    for (int64_t j = 0; j < d; j += kLanes) {
+      const int n = int(std::min<int64_t>(kLanes, d - j));
+      load_block(ra + j, n, ab);
+      load_block(rb + j, n, bb);
+      if (three) load_block(rc + j, n, cb);
+      for (int k = 0; k < n; ++k) {
+        Acc s[3] = {sums[0][k], sums[1][k], sums[2][k]};
+        Formula::accumulate(ab[k], bb[k], cb[k], q, s);
+        sums[0][k] = s[0];
+        sums[1][k] = s[1];
+        sums[2][k] = s[2];
+      }
+    }
+    const Acc s[3] = {Acc(sum_lanes(sums[0])), Acc(sum_lanes(sums[1])), Acc(sum_lanes(sums[2]))};
+    const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
+    Acc coef[6] = {};
+    const Acc loss = Formula::finish(s, label, q, coef);
+    if (a.loss_out) {
+      static_cast<T*>(a.loss_out)[r] = Store<T>::of(loss);
+    } else {
+      total += double(loss);
+    }
+    if (!a.grad_a && !a.grad_b && !a.grad_c) continue;
+    for (int k = 0; k < 6; ++k) coef[k] *= scale;
+    for (int64_t j = 0; j < d; j += kLanes) {
+      const int n = int(std::min<int64_t>(kLanes, d - j));
+      load_block(ra + j, n, ab);
+      load_block(rb + j, n, bb);
+      if (three) load_block(rc + j, n, cb);
+      for (int k = 0; k < kLanes; ++k) Formula::gradient(ab[k], bb[k], cb[k], coef, q, ga[k], gb[k], gc[k]);
+      if (a.grad_a) store_block(ga, n, static_cast<T*>(a.grad_a) + r * d + j);
+      if (a.grad_b) store_block(gb, n, static_cast<T*>(a.grad_b) + r * d + j);
+      if (a.grad_c) store_block(gc, n, static_cast<T*>(a.grad_c) + r * d + j);
+    }
+  }
+  return total;
+}
+
+template <typename T>
+RowRangeFn row_loss_for_kind(int64_t loss) {
+  return FASTLOSS_DISPATCH_ROW_LOSS(loss, [](auto formula) -> RowRangeFn {
+    return &row_range<T, decltype(formula)>;
+  });
+}
+
+RowRangeFn row_loss_for(ScalarKind kind, int64_t loss) {
+  switch (kind) {
+    case ScalarKind::kFloat: return row_loss_for_kind<float>(loss);
+    case ScalarKind::kDouble: return row_loss_for_kind<double>(loss);
+    case ScalarKind::kHalf: return row_loss_for_kind<Half>(loss);
+    case ScalarKind::kBFloat16: return row_loss_for_kind<BFloat16>(loss);
+  }
+  return nullptr;
+}
+
+}  // namespace
+}  // namespace fastloss::cpu::FASTLOSS_ISA
