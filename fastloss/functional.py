@@ -198,6 +198,9 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
     d = pairwise_distance (norm p, eps added to the difference); swap uses min(d(a, n), d(p, n)).
     Fast paths for p = 2 and p = 1; any other positive p works too."""
     reduction = _args.legacy_reduction(size_average, reduce, reduction)
+    if margin <= 0:
+        raise ValueError(f"fastloss.triplet_margin_loss: margin must be greater than 0, got {margin} "
+                         "(as torch)")
     p = float(p)
     kind = row_ops.TRIPLET_L2 if p == 2.0 else row_ops.TRIPLET_L1 if p == 1.0 else row_ops.TRIPLET_LP
     ref = lambda: reference.triplet_margin_loss(anchor, positive, negative, margin, p, eps, swap, reduction)  # noqa: E731

@@ -97,10 +97,24 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
+def _via_float32(*tensors):
+    """float16/bfloat16 operands as float32 (the kernels compute in float32; torch's composite
+    formulas in half precision lose most digits), and the dtype to return."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        return [t.float() for t in tensors], dtype
+    return list(tensors), None
+
+
 def contrastive_loss(x1, x2, target, margin=1.0, distance="euclidean", reduction="mean", eps=1e-6):
     """0.5 (y d^2 + (1 - y) max(0, margin - d)^2), y = 1 for a similar pair (Hadsell, Chopra
     and LeCun 2006 with their Y = 1 - y); d = pairwise_distance (p = 2 or 1, eps added to the
     difference) or 1 - cosine_similarity (eps 1e-8)."""
+    (x1, x2), low = _via_float32(x1, x2)
+    if low is not None:
+        return contrastive_loss(x1, x2, target, margin, distance, reduction, eps).to(low)
     if distance == "euclidean":
         d = F.pairwise_distance(x1, x2, p=2.0, eps=eps)
     elif distance == "manhattan":
@@ -113,11 +127,17 @@ def contrastive_loss(x1, x2, target, margin=1.0, distance="euclidean", reduction
 
 
 def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False, reduction="mean"):
-    """torch's triplet margin loss."""
+    """torch's triplet margin loss (float16/bfloat16 through float32)."""
+    (anchor, positive, negative), low = _via_float32(anchor, positive, negative)
+    if low is not None:
+        return triplet_margin_loss(anchor, positive, negative, margin, p, eps, swap, reduction).to(low)
     return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=p, eps=eps, swap=swap,
                                  reduction=reduction)
 
 
 def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean"):
-    """torch's cosine embedding loss."""
+    """torch's cosine embedding loss (float16/bfloat16 through float32)."""
+    (input1, input2), low = _via_float32(input1, input2)
+    if low is not None:
+        return cosine_embedding_loss(input1, input2, target.float(), margin, reduction).to(low)
     return F.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)

@@ -129,8 +129,9 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
     elif LOSS == 2:  # 1 - cosine_similarity(eps=1e-8), torch's clamped norms
         na = tl.sqrt(t1)
         nb = tl.sqrt(t2)
-        ca = tl.maximum(na, 1e-8)
-        cb = tl.maximum(nb, 1e-8)
+        tiny = tl.full([], 1e-8, ACC)  # cosine_similarity's eps, exact in float64 too
+        ca = tl.maximum(na, tiny)
+        cb = tl.maximum(nb, tiny)
         inv = 1.0 / (ca * cb)
         cos = t0 * inv
         loss, dl = _contrastive(1.0 - cos, y, margin)
@@ -138,13 +139,14 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
         k1 = dl * tl.where(na > 0, cos / (ca * tl.where(na > 0, na, 1.0)), 0.0)
         k2 = dl * tl.where(nb > 0, cos / (cb * tl.where(nb > 0, nb, 1.0)), 0.0)
     elif LOSS == 6:  # cosine embedding
-        m1 = t1 + 1e-12
-        m2 = t2 + 1e-12
+        tiny = tl.cast(9.999999960041972e-13, ACC)  # torch's EPSILON, the float constant 1e-12f
+        m1 = t1 + tiny
+        m2 = t2 + tiny
         denom = tl.sqrt(m1 * m2)
         cos = t0 / denom
         above = cos - margin
         loss = tl.where(y == 1.0, 1.0 - cos, tl.where(y == -1.0, tl.maximum(above, 0.0), 0.0))
-        dcos = tl.where(y == 1.0, -1.0, tl.where((y == -1.0) & (above >= 0), 1.0, 0.0))
+        dcos = tl.where(y == 1.0, -1.0, tl.where((y == -1.0) & (above > 0), 1.0, 0.0))
         k0 = dcos / denom
         k1 = -dcos * cos / m1
         k2 = -dcos * cos / m2

@@ -197,7 +197,7 @@ struct Triplet {
   }
 };
 
-// torch.cosine_embedding_loss: cos = a.b / sqrt((|a|^2 + 1e-12)(|b|^2 + 1e-12)); 1 - cos for
+// torch.cosine_embedding_loss: cos = a.b / sqrt((|a|^2 + 1e-12f)(|b|^2 + 1e-12f)); 1 - cos for
 // target 1, max(0, cos - margin) for target -1, 0 for any other target.
 struct CosineEmbedding {
   template <typename T>
@@ -208,13 +208,15 @@ struct CosineEmbedding {
   }
   template <typename T>
   FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
-    const T m1 = s[1] + T(1e-12), m2 = s[2] + T(1e-12);
+    const T tiny = T(1e-12f);  // torch's EPSILON, a float constant
+    const T m1 = s[1] + tiny, m2 = s[2] + tiny;
     const T denom = std::sqrt(m1 * m2);
     const T cos = s[0] / denom;
     const bool pos = y == T(1), neg = y == T(-1);
     const T above = cos - q.margin;
     const T loss = select(pos, T(1) - cos, select(neg, select(above > T(0), above, T(0)), T(0)));
-    const T dloss_dcos = select(pos, T(-1), select(neg && above >= T(0), T(1), T(0)));
+    // torch's in-place clamp passes no gradient at cos - margin == 0
+    const T dloss_dcos = select(pos, T(-1), select(neg && above > T(0), T(1), T(0)));
     k[0] = dloss_dcos / denom;
     k[1] = -dloss_dcos * cos / m1;
     k[2] = -dloss_dcos * cos / m2;
