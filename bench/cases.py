@@ -32,8 +32,22 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+ROW_D = 256  # embedding width of the pair and triplet losses: (n / 256) rows of 256
+
+
 def make_case(loss: str, n: int, dtype: torch.dtype, device: str) -> Case:
     """About n elements of input for `loss`."""
+    if loss in ROW_LOSSES:
+        rows = max(1, n // ROW_D)
+        count = 3 if loss == "triplet" else 2
+        xs = [torch.randn(rows, ROW_D, dtype=dtype, device=device).requires_grad_() for _ in range(count)]
+        extra = ()
+        if loss == "contrastive":
+            extra = ((torch.rand(rows, device=device) < 0.5).to(dtype),)
+        elif loss == "cosine_embedding":
+            extra = ((torch.rand(rows, device=device) < 0.5).to(dtype) * 2 - 1,)
+        # read every row once, write the gradient of every input once
+        return Case(loss, (*xs, *extra), {}, 2 * count * rows * ROW_D * _element_size(dtype))
     if loss == "masked_mse":
         images = max(1, round(n / (MAE_PATCHES * MAE_PATCH)))
         shape = (images, MAE_PATCHES, MAE_PATCH)
@@ -50,24 +64,31 @@ def make_case(loss: str, n: int, dtype: torch.dtype, device: str) -> Case:
     return Case(loss, (x, t), kwargs, 3 * n * _element_size(dtype))  # read x, t; write grad
 
 
+ROW_LOSSES = ("contrastive", "triplet", "cosine_embedding")
+
 FASTLOSS_FN = {
     "mse": fastloss.mse_loss, "l1": fastloss.l1_loss, "smooth_l1": fastloss.smooth_l1_loss,
     "huber": fastloss.huber_loss, "bce": fastloss.binary_cross_entropy_with_logits,
     "masked_mse": fastloss.masked_mse_loss,
+    "contrastive": fastloss.contrastive_loss, "triplet": fastloss.triplet_margin_loss,
+    "cosine_embedding": fastloss.cosine_embedding_loss,
 }
 TORCH_FN = {
     "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss, "huber": F.huber_loss,
     "bce": F.binary_cross_entropy_with_logits,
     "masked_mse": lambda x, t, m, norm_target: reference.masked_mse_loss(x, t, m, norm_target),
+    "contrastive": lambda a, b, y: reference.contrastive_loss(a, b, y),
+    "triplet": F.triplet_margin_loss, "cosine_embedding": F.cosine_embedding_loss,
 }
 LOSSES = list(FASTLOSS_FN)
 
 
 def _step(fn, case: Case) -> Step:
-    x = case.inputs[0]
+    leaves = [t for t in case.inputs if t.requires_grad]
 
     def step():
-        x.grad = None
+        for t in leaves:
+            t.grad = None
         fn(*case.inputs, **case.kwargs).backward()
     return step
 

@@ -142,7 +142,7 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    default_sizes = "22,25,28" if device == "cuda" else "18,22,25"
+    default_sizes = "22,25,28" if device == "cuda" else "18,22,24,25"
     sizes = [1 << int(p) for p in (args.sizes or default_sizes).split(",")]
     sys.path.insert(0, str(HERE))
     import cases

@@ -23,3 +23,13 @@ def test_autoencoder_curves_agree():
     gap = float(re.search(r"curves agree to ([0-9.e+-]+)", out).group(1))
     assert gap < 1e-4, out
     assert out.count("largest relative gap") == 2
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_siamese_contrastive_curves_agree_and_it_learns(distance):
+    pytest.importorskip("sklearn", reason="the example needs scikit-learn (installed by `make setup`)")
+    out = run_example("siamese.py", "--epochs", "4", "--distance", distance)
+    gap = float(re.search(r"curves agree to ([0-9.e+-]+)", out).group(1))
+    assert gap < 1e-5, out
+    accuracy = float(re.search(r"fastloss ([0-9.]+)\n", out).group(1))
+    assert accuracy > 0.8, out
