@@ -44,6 +44,10 @@ tests_rc=$?
 echo "tests exit $tests_rc in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 
+if [ -n "${SKIP_BENCH:-}" ]; then
+  echo "gpu-check: tests exit $tests_rc, benchmarks skipped (SKIP_BENCH) (commit $COMMIT)"
+  exit "$tests_rc"
+fi
 echo "== benchmarks"
 FASTLOSS_COMMIT="$COMMIT" "$PY" bench/report.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | grep -v "^  \[" 
 bench_rc=${PIPESTATUS[0]}

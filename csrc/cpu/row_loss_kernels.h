@@ -28,12 +28,14 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
       load_block(ra + j, n, ab);
       load_block(rb + j, n, bb);
       if (three) load_block(rc + j, n, cb);
-      for (int k = 0; k < n; ++k) {
-        Acc s[3] = {sums[0][k], sums[1][k], sums[2][k]};
+      // All kLanes lanes (a fixed trip count vectorizes); lanes past a tail add nothing.
+      for (int k = 0; k < kLanes; ++k) {
+        Acc s[3] = {Acc(0), Acc(0), Acc(0)};
         Formula::accumulate(ab[k], bb[k], cb[k], q, s);
-        sums[0][k] = s[0];
-        sums[1][k] = s[1];
-        sums[2][k] = s[2];
+        const bool inside = k < n;
+        sums[0][k] += select(inside, s[0], Acc(0));
+        sums[1][k] += select(inside, s[1], Acc(0));
+        sums[2][k] += select(inside, s[2], Acc(0));
       }
     }
     const Acc s[3] = {Acc(sum_lanes(sums[0])), Acc(sum_lanes(sums[1])), Acc(sum_lanes(sums[2]))};
