@@ -73,12 +73,19 @@ FASTLOSS_FN = {
     "contrastive": fastloss.contrastive_loss, "triplet": fastloss.triplet_margin_loss,
     "cosine_embedding": fastloss.cosine_embedding_loss,
 }
+# One lambda per loss: each has its own code object, so torch.compile keeps one compiled frame
+# per loss (compiling the torch functions directly funnels them all through one wrapper frame,
+# whose recompile limit then silently sends the later losses to eager).
 TORCH_FN = {
-    "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss, "huber": F.huber_loss,
-    "bce": F.binary_cross_entropy_with_logits,
+    "mse": lambda x, t: F.mse_loss(x, t),
+    "l1": lambda x, t: F.l1_loss(x, t),
+    "smooth_l1": lambda x, t, beta: F.smooth_l1_loss(x, t, beta=beta),
+    "huber": lambda x, t, delta: F.huber_loss(x, t, delta=delta),
+    "bce": lambda x, t: F.binary_cross_entropy_with_logits(x, t),
     "masked_mse": lambda x, t, m, norm_target: reference.masked_mse_loss(x, t, m, norm_target),
     "contrastive": lambda a, b, y: reference.contrastive_loss(a, b, y),
-    "triplet": F.triplet_margin_loss, "cosine_embedding": F.cosine_embedding_loss,
+    "triplet": lambda a, p, n: F.triplet_margin_loss(a, p, n),
+    "cosine_embedding": lambda a, b, y: F.cosine_embedding_loss(a, b, y),
 }
 LOSSES = list(FASTLOSS_FN)
 
@@ -118,6 +125,9 @@ def providers(device: str) -> dict[str, Callable[[Case], Step]]:
         return _step(compiled[case.loss], case)
 
     found["torch-compile"] = compiled_maker
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
     return found
 
 
