@@ -17,12 +17,6 @@ namespace fastloss::cuda {
 namespace {
 
 template <typename T>
-__device__ __forceinline__ T warp_all_sum(T v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-template <typename T>
 __global__ void __launch_bounds__(kThreads)
 masked_mse_kernel(const T* __restrict__ input, const T* __restrict__ target,
                   const T* __restrict__ mask, T* __restrict__ grad, int64_t rows, int64_t p,

@@ -10,6 +10,13 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Sum over the warp, valid in every lane (butterfly: the same order in each).
+template <typename T>
+__device__ __forceinline__ T warp_all_sum(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // Sum over the block, valid in thread 0. blockDim.x must be a multiple of 32, at most 1024.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {

@@ -17,12 +17,6 @@
 namespace fastloss::cuda {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ T warp_all_sum(T v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 struct RowKernelArgs {
   int64_t n, d;
   double margin, eps, p, grad_scale;

@@ -105,14 +105,25 @@ FASTLOSS_HD T clamped_cosine(const T* s, T eps, T& inv_norms, T& self_a, T& self
   return cos;
 }
 
-// d = 1 - cosine_similarity(a, b, eps=1e-8).
-struct ContrastiveCosine {
+// The sums and the gradient shape of the cosine-based losses: s = (a.b, |a|^2, |b|^2), and
+// d/da = k0 b + k1 a, d/db = k0 a + k2 b.
+struct DotAndNorms {
   template <typename T>
   FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>&, T* s) {
     s[0] += a * b;
     s[1] += a * a;
     s[2] += b * b;
   }
+  template <typename T>
+  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>&, T& ga, T& gb, T& gc) {
+    ga = k[0] * b + k[1] * a;
+    gb = k[0] * a + k[2] * b;
+    gc = T(0);
+  }
+};
+
+// d = 1 - cosine_similarity(a, b, eps=1e-8).
+struct ContrastiveCosine : DotAndNorms {
   template <typename T>
   FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
     T inv_norms, self_a, self_b;
@@ -124,12 +135,6 @@ struct ContrastiveCosine {
     k[1] = -dloss_dcos * self_a;     // times a, into ga
     k[2] = -dloss_dcos * self_b;     // times b, into gb
     return loss;
-  }
-  template <typename T>
-  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>&, T& ga, T& gb, T& gc) {
-    ga = k[0] * b + k[1] * a;
-    gb = k[0] * a + k[2] * b;
-    gc = T(0);
   }
 };
 
@@ -199,13 +204,7 @@ struct Triplet {
 
 // torch.cosine_embedding_loss: cos = a.b / sqrt((|a|^2 + 1e-12f)(|b|^2 + 1e-12f)); 1 - cos for
 // target 1, max(0, cos - margin) for target -1, 0 for any other target.
-struct CosineEmbedding {
-  template <typename T>
-  FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>&, T* s) {
-    s[0] += a * b;
-    s[1] += a * a;
-    s[2] += b * b;
-  }
+struct CosineEmbedding : DotAndNorms {
   template <typename T>
   FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
     const T tiny = T(1e-12f);  // torch's EPSILON, a float constant
@@ -221,12 +220,6 @@ struct CosineEmbedding {
     k[1] = -dloss_dcos * cos / m1;
     k[2] = -dloss_dcos * cos / m2;
     return loss;
-  }
-  template <typename T>
-  FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>&, T& ga, T& gb, T& gc) {
-    ga = k[0] * b + k[1] * a;
-    gb = k[0] * a + k[2] * b;
-    gc = T(0);
   }
 };
 
