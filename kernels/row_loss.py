@@ -13,16 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .pointwise_loss import FINISH_BLOCK, _acc_of, _device_scope, _finish_kernel
+from .pointwise_loss import FINISH_BLOCK, _acc_of, _device_scope, _finish_kernel, _sign
 
 (CONTRASTIVE_EUCLIDEAN, CONTRASTIVE_MANHATTAN, CONTRASTIVE_COSINE, TRIPLET_L2, TRIPLET_L1,
  TRIPLET_LP, COSINE_EMBEDDING) = range(7)
 MAX_BLOCK_D = 2048
-
-
-@triton.jit
-def _sign(v):
-    return tl.where(tl.abs(v) > 0, tl.where(v > 0, 1.0, -1.0), 0.0)
 
 
 @triton.jit

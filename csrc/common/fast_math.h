@@ -72,6 +72,12 @@ FASTLOSS_HD double abs(double x) { return ::fabs(x); }
 FASTLOSS_HD float copysign(float magnitude, float sign) { return ::copysignf(magnitude, sign); }
 FASTLOSS_HD double copysign(double magnitude, double sign) { return ::copysign(magnitude, sign); }
 
+// sign(v) as torch.sign: -1, 0 or 1, and 0 for NaN (so torch's L1 gradient at NaN is 0).
+// One select of a computed value (not a choice among constants, which compilers may turn
+// into branches), so that it vectorizes.
+template <typename T>
+FASTLOSS_HD T sign(T v) { return select(abs(v) > T(0), copysign(T(1), v), T(0)); }
+
 FASTLOSS_HD float exp(float x) {
 #if defined(__CUDA_ARCH__)
   return ::expf(x);

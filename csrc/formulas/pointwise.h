@@ -24,12 +24,6 @@ constexpr int64_t kNumPointwiseLosses = 5;
 // Same numbering as torch's at::Reduction.
 enum class Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
-// sign(d) as torch.sign: -1, 0 or 1, and 0 for NaN (so torch's L1 gradient at NaN is 0).
-// One select of a computed value (not a choice among constants, which compilers may turn
-// into branches), so that it vectorizes.
-template <typename T>
-FASTLOSS_HD T sign_of(T d) { return select(fmath::abs(d) > T(0), fmath::copysign(T(1), d), T(0)); }
-
 // l = (x - t)^2,  dl/dx = 2 (x - t),  dl/dt = -dl/dx.
 struct SquaredError {
   template <typename T>
@@ -47,7 +41,7 @@ struct AbsoluteError {
   FASTLOSS_HD static void eval(T x, T t, T, T, T& loss, T& d_input, T& d_target) {
     const T diff = x - t;
     loss = fmath::abs(diff);
-    d_input = sign_of(diff);
+    d_input = fmath::sign(diff);
     d_target = -d_input;
   }
 };

@@ -35,9 +35,6 @@ struct Params {
   bool swap;
 };
 
-template <typename T>
-FASTLOSS_HD T sign_of(T v) { return select(fmath::abs(v) > T(0), fmath::copysign(T(1), v), T(0)); }
-
 // 0.5 (y d^2 + (1 - y) max(0, m - d)^2) and its derivative by d (Hadsell et al. 2006, with
 // y = 1 for a similar pair).
 template <typename T>
@@ -85,7 +82,7 @@ struct ContrastiveManhattan {
   }
   template <typename T>
   FASTLOSS_HD static void gradient(T a, T b, T, const T* k, const Params<T>& q, T& ga, T& gb, T& gc) {
-    ga = k[0] * sign_of(a - b + q.eps);
+    ga = k[0] * fmath::sign(a - b + q.eps);
     gb = -ga;
     gc = T(0);
   }
@@ -150,7 +147,7 @@ struct NormL1 {
   template <typename T> FASTLOSS_HD static T power(T v, T) { return fmath::abs(v); }
   template <typename T> FASTLOSS_HD static T root(T s, T) { return s; }
   template <typename T> FASTLOSS_HD static T scale(T, T) { return T(1); }
-  template <typename T> FASTLOSS_HD static T direction(T v, T) { return sign_of(v); }
+  template <typename T> FASTLOSS_HD static T direction(T v, T) { return fmath::sign(v); }
 };
 struct NormLp {
   template <typename T> FASTLOSS_HD static T power(T v, T p) { return std::pow(fmath::abs(v), p); }
@@ -159,7 +156,7 @@ struct NormLp {
     return select(d > T(0), T(1) / std::pow(d, p - T(1)), T(0));
   }
   template <typename T> FASTLOSS_HD static T direction(T v, T p) {
-    return sign_of(v) * std::pow(fmath::abs(v), p - T(1));
+    return fmath::sign(v) * std::pow(fmath::abs(v), p - T(1));
   }
 };
 
