@@ -33,3 +33,21 @@ def poison_allocator(device) -> None:
     if torch.device(device).type == "cuda":
         block = torch.empty(16 << 20, dtype=torch.float32, device=device).fill_(float("nan"))
         del block
+
+
+def assert_compiled_matches_eager(step, args, leaf, backend: str, device) -> None:
+    """torch.compile(step, fullgraph=True) gives eager's value and leaf's gradient. The
+    interpreted Triton kernels (CPU) compile with aot_eager: inductor would emit C++ around
+    an interpreter."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    interpreted = backend == "triton" and torch.device(device).type == "cpu"
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if interpreted else "inductor")
+    out = compiled(*args)
+    out.backward()
+    grad_compiled, leaf.grad = leaf.grad, None
+    eager = step(*args)
+    eager.backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(grad_compiled, leaf.grad)

@@ -8,7 +8,7 @@ from torch.library import opcheck
 import fastloss
 from fastloss import reference as ref_impl
 from conftest import backend_params
-from helpers import DTYPES, assert_close_to_reference, poison_allocator, random
+from helpers import assert_compiled_matches_eager, DTYPES, assert_close_to_reference, poison_allocator, random
 
 KERNEL_BACKENDS = [p for p in backend_params() if p.values[0][0] != "torch"]
 FORWARD_OPS = {"cpu": "masked_mse_loss", "cuda": "masked_mse_loss", "triton": "masked_mse_loss_triton"}
@@ -171,17 +171,9 @@ def test_torch_compile_fullgraph(backend_device):
     def step(x, t, m):
         return criterion(x * 1.5, t, m) * 3.0
 
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if device == "cpu" and backend == "triton" else "inductor")
     x = random((2, 9, 24), torch.float32, device, requires_grad=True)
     t, m = random((2, 9, 24), torch.float32, device), torch.rand(2, 9, device=device) < 0.6
-    out = compiled(x, t, m)
-    out.backward()
-    grad_c, x.grad = x.grad, None
-    eager = step(x, t, m)
-    eager.backward()
-    torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(grad_c, x.grad)
+    assert_compiled_matches_eager(step, (x, t, m), x, backend, device)
 
 
 def test_bad_input():

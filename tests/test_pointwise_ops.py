@@ -11,7 +11,7 @@ import fastloss
 from fastloss import _backend
 from fastloss.ops import pointwise
 from conftest import HAS_CUDA, backend_params
-from helpers import DTYPES, random
+from helpers import assert_compiled_matches_eager, DTYPES, random
 
 # loss id -> (public function, its keyword arguments); ids as in csrc/formulas/pointwise.h
 LOSS_CASES = {
@@ -84,17 +84,9 @@ def test_torch_compile_fullgraph_matches_eager(backend_device, use_module):
                     + fastloss.l1_loss(x, t, reduction="sum", backend=backend))
         return loss * 2.0  # not the last layer: grad_output != 1
 
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "triton" and device == "cpu" else "inductor")
     x = random((523,), torch.float32, device, requires_grad=True)
     t, w = random((523,), torch.float32, device), random((523,), torch.float32, device)
-    out_c = compiled(x, t, w)
-    out_c.backward()
-    grad_c, x.grad = x.grad, None
-    out_e = step(x, t, w)
-    out_e.backward()
-    torch.testing.assert_close(out_c, out_e)
-    torch.testing.assert_close(grad_c, x.grad)
+    assert_compiled_matches_eager(step, (x, t, w), x, backend, device)
 
 
 @pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)

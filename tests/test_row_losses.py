@@ -11,7 +11,7 @@ from torch.library import opcheck
 import fastloss
 from fastloss import reference as ref_impl
 from conftest import backend_params
-from helpers import DTYPES, assert_close_to_reference, poison_allocator, random
+from helpers import assert_compiled_matches_eager, DTYPES, assert_close_to_reference, poison_allocator, random
 
 KERNEL_BACKENDS = [p for p in backend_params() if p.values[0][0] != "torch"]
 SHAPES = [(0, 5), (1, 1), (7, 13), (33, 300), (3, 4099), (2, 16384), (9,)]
@@ -242,18 +242,10 @@ def test_torch_compile_fullgraph(backend_device):
     def step(a, b, c, y):
         return criterion(a * 2, b, y) + triplet_loss(a, b, c) + fastloss.cosine_embedding_loss(a, c, y * 2 - 1, backend=backend)
 
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if device == "cpu" and backend == "triton" else "inductor")
     a = random((9, 16), torch.float32, device, requires_grad=True)
     b, c = random((9, 16), torch.float32, device), random((9, 16), torch.float32, device)
     y = (torch.rand(9, device=device) < 0.5).float()
-    out = compiled(a, b, c, y)
-    out.backward()
-    grad_c, a.grad = a.grad, None
-    eager = step(a, b, c, y)
-    eager.backward()
-    torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(grad_c, a.grad)
+    assert_compiled_matches_eager(step, (a, b, c, y), a, backend, device)
 
 
 def test_modules_match_torch():
