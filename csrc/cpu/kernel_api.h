@@ -29,6 +29,7 @@ struct MaskedMseArgs {
   const void* target;
   const void* mask;
   void* grad_input;   // or null
+  int64_t rows;       // rows in all (lookahead may cross the range given)
   int64_t p;          // values per row
   bool norm_target;
   double eps;

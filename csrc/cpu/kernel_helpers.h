@@ -108,6 +108,26 @@ FASTLOSS_HD void store_block(const Acc* __restrict src, int n, T* __restrict dst
   for (int j = 0; j < n; ++j) dst[j] = Store<T>::of(src[j]);
 }
 
+// Calls block(j, n) over [0, len) in blocks of kLanes elements: the full blocks with n the
+// compile-time constant kLanes (their loads, stores and lane loops become straight vector
+// code; a run-time n leaves them as loops with a variable trip count), then one tail block.
+template <typename Block>
+FASTLOSS_HD void for_each_block(int64_t len, const Block& block) {
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) block(j, std::integral_constant<int, kLanes>{});
+  if (j < len) block(j, int(len - j));
+}
+
+// Asks for the cache lines of one block of kLanes elements ahead of use, into L2 (prefetcht1:
+// on the 2-core EPYC here it beat prefetcht0 and prefetchnta by 10-15% on scattered rows):
+// for access patterns the hardware prefetcher cannot guess (rows skipped at random). A hint
+// only, it never faults.
+template <typename T>
+FASTLOSS_HD void prefetch_block(const T* p) {
+  constexpr int kBytes = int(kLanes * sizeof(T));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 2);
+}
+
 template <typename Acc>
 FASTLOSS_HD double sum_lanes(const Acc* lanes) {
   // Pairwise over the lanes, a fixed tree.

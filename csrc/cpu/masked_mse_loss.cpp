@@ -30,6 +30,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_cpu(const at::Tensor& input,
   args.target = target.data_ptr();
   args.mask = m;
   args.grad_input = need_grad_input ? grad.data_ptr() : nullptr;
+  args.rows = rows;
   args.p = p;
   args.norm_target = norm_target;
   args.eps = eps;

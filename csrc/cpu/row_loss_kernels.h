@@ -23,8 +23,7 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
     const T* rb = static_cast<const T*>(a.b) + r * d;
     const T* rc = three ? static_cast<const T*>(a.c) + r * d : nullptr;
     Acc sums[3][kLanes] = {};
-    for (int64_t j = 0; j < d; j += kLanes) {
-      const int n = int(std::min<int64_t>(kLanes, d - j));
+    for_each_block(d, [&](int64_t j, auto n) {
       load_block(ra + j, n, ab);
       load_block(rb + j, n, bb);
       if (three) load_block(rc + j, n, cb);
@@ -37,7 +36,7 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
         sums[1][k] += select(inside, s[1], Acc(0));
         sums[2][k] += select(inside, s[2], Acc(0));
       }
-    }
+    });
     const Acc s[3] = {Acc(sum_lanes(sums[0])), Acc(sum_lanes(sums[1])), Acc(sum_lanes(sums[2]))};
     const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
     Acc coef[6] = {};
@@ -49,8 +48,7 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
     }
     if (!a.grad_a && !a.grad_b && !a.grad_c) continue;
     for (int k = 0; k < 6; ++k) coef[k] *= scale;
-    for (int64_t j = 0; j < d; j += kLanes) {
-      const int n = int(std::min<int64_t>(kLanes, d - j));
+    for_each_block(d, [&](int64_t j, auto n) {
       load_block(ra + j, n, ab);
       load_block(rb + j, n, bb);
       if (three) load_block(rc + j, n, cb);
@@ -58,7 +56,7 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
       if (a.grad_a) store_block(ga, n, static_cast<T*>(a.grad_a) + r * d + j);
       if (a.grad_b) store_block(gb, n, static_cast<T*>(a.grad_b) + r * d + j);
       if (a.grad_c) store_block(gc, n, static_cast<T*>(a.grad_c) + r * d + j);
-    }
+    });
   }
   return total;
 }
