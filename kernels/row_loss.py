@@ -156,7 +156,7 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
             d_neg = tl.minimum(d_an, d_pn)
             w_an = tl.where(d_an < d_pn, 1.0, tl.where(d_an == d_pn, 0.5, 0.0))
         hinge = d_ap - d_neg + margin
-        active = tl.where(hinge >= 0, 1.0, 0.0)
+        active = tl.where(hinge > 0, 1.0, 0.0)  # no gradient at the boundary, as torch 2.14's clamp_min
         loss = tl.maximum(hinge, 0.0)
         k0 = active * _scale(d_ap, p, NORM)
         k1 = active * w_an * _scale(d_an, p, NORM)

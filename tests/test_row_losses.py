@@ -147,7 +147,42 @@ def test_contrastive_identical_pairs(backend_device, distance, d):
 def test_zero_vectors_for_cosine(backend_device):
     backend, device = backend_device
     run_case(backend, device, torch.float64, (5, 8), contrastive("cosine", zeros=True))
-    run_case(backend, device, torch.float64, (8, 8), cosine_embedding(zeros=True))
+    # margin 0.2: cos = 0 with a zero vector, so margin 0 would sit on the clamp's boundary,
+    # where torch versions disagree (test_clamp_boundary_passes_no_gradient covers it)
+    run_case(backend, device, torch.float64, (8, 8), cosine_embedding(0.2, zeros=True))
+
+
+TORCH_2_14 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+def test_clamp_boundary_passes_no_gradient(backend_device):
+    """At an exact tie of the margin clamp, torch 2.14 passes no gradient (its clamp_min gives
+    0 at the boundary; older torch gave 1): fastloss follows 2.14 whatever torch is installed."""
+    backend, device = backend_device
+    f64 = dict(dtype=torch.float64, device=device)
+    a = torch.zeros(1, 2, **f64, requires_grad=True)
+    pos = torch.tensor([[1.0, 0.0]], **f64)  # d(a, p) = 1
+    neg = torch.tensor([[0.0, 3.0]], **f64)  # d(a, n) = 3: 1 - 3 + margin 2 = 0 exactly (eps 0)
+    x1 = random((4, 6), torch.float64, device, requires_grad=True)
+    x2 = torch.zeros(4, 6, **f64)  # cos = 0 = margin for target -1
+    target = -torch.ones(4, **f64)
+    calls = [
+        (a, lambda m: m.triplet_margin_loss(a, pos, neg, margin=2.0, eps=0.0, **kw(m))),
+        (x1, lambda m: m.cosine_embedding_loss(x1, x2, target, margin=0.0, **kw(m))),
+    ]
+
+    def kw(module):
+        return {"backend": backend} if module is fastloss else {}
+
+    for leaf, call in calls:
+        loss = call(fastloss)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        assert float(loss) == 0.0
+        assert torch.equal(grad.cpu(), torch.zeros_like(grad.cpu())), grad
+        if TORCH_2_14:  # the rule is torch 2.14's own
+            (torch_grad,) = torch.autograd.grad(call(F), leaf)
+            assert torch.equal(torch_grad.cpu(), grad.cpu())
 
 
 @pytest.mark.parametrize("backend_device", backend_params())
@@ -213,6 +248,29 @@ def test_bitwise_deterministic(backend_device, case):
 
     for x, y in zip(run(), run()):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("backend_device", [p for p in KERNEL_BACKENDS if p.id != "triton-interpreted"])
+def test_more_than_2_to_the_24_rows(backend_device):
+    """N = 2^24 + 3 rows: past float32's exact integers, so a row count or index held in float32
+    (or a float32 running sum) shows. Not under the Triton interpreter: it runs one Python
+    program per row, hours at this size, and its integers are numpy's int64 anyway."""
+    backend, device = backend_device
+    n, d, margin = (1 << 24) + 3, 2, 1.5
+    x1 = torch.randn(n, d, device=device, requires_grad=True)
+    x2 = torch.randn(n, d, device=device)
+    y = (torch.rand(n, device=device) < 0.5).float()
+    loss = fastloss.contrastive_loss(x1, x2, y, margin=margin, backend=backend)
+    (grad,) = torch.autograd.grad(loss, x1)
+    # the plain formula in float64, its gradient written out (autograd would need several GB)
+    diff = x1.detach().double() - x2.double() + 1e-6
+    dist = diff.norm(dim=1)
+    hinge = (margin - dist).clamp_min(0)
+    y64 = y.double()
+    expected = (0.5 * (y64 * dist ** 2 + (1 - y64) * hinge ** 2)).mean()
+    expected_grad = ((y64 * dist - (1 - y64) * hinge) / dist / n)[:, None] * diff
+    torch.testing.assert_close(loss.double(), expected, rtol=2e-6, atol=0)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-5, atol=1e-13)
 
 
 def test_cpu_independent_of_thread_count():

@@ -162,7 +162,8 @@ struct NormLp {
 
 // max(d(a, p) - d(a, n) + margin, 0), d = pairwise_distance with eps; with swap, d(a, n) is
 // min(d(a, n), d(p, n)) (a tie splits the gradient in half, as torch's minimum does). The
-// clamp passes the gradient where its argument is >= 0, as torch's clamp_min does.
+// clamp passes the gradient only where its argument is > 0: torch 2.14's clamp_min gives no
+// gradient at the boundary (earlier torch gave 1 there).
 template <typename Norm>
 struct Triplet {
   template <typename T>
@@ -182,7 +183,7 @@ struct Triplet {
       w_pn = T(1) - w_an;
     }
     const T hinge = d_ap - d_neg + q.margin;
-    const T active = select(hinge >= T(0), T(1), T(0));
+    const T active = select(hinge > T(0), T(1), T(0));
     k[0] = active * Norm::scale(d_ap, q.p);
     k[1] = active * w_an * Norm::scale(d_an, q.p);
     k[2] = active * w_pn * Norm::scale(d_pn, q.p);

@@ -46,10 +46,6 @@ def row_loss_triton(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, la
 row_loss_triton.register_fake(_fake_row_loss)
 
 
-def _cuda_row_kernel_built() -> bool:
-    return _backend.cuda_built() and torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::row_loss", "CUDA")
-
-
 def _forward_op(backend: str):
     if backend == "triton":
         return torch.ops.fastloss.row_loss_triton
@@ -111,8 +107,6 @@ def row_loss(fn: str, loss: int, rows: list[tuple[str, torch.Tensor]], label: to
         raise ValueError(f"fastloss.{fn}: target must have shape {batch} (one per row), got {tuple(label.shape)}")
     dtype = _args.result_dtype(fn, **dict(rows))
     chosen = _backend.resolve(backend, first.device)
-    if chosen == "cuda" and not _cuda_row_kernel_built():
-        chosen = "triton"
     if chosen == "torch" or (label is not None and label.requires_grad):
         return reference()
     tensors = [t.to(dtype).reshape(-1, first.shape[-1]).contiguous() for _, t in rows]
