@@ -3,11 +3,13 @@ torch.compile, with the copy bandwidth measured in the same run as the ceiling.
 
     python bench/report.py [--sizes 18,22,25] [--losses mse,bce] [--out DIR]
 
-On CPU the cases run twice, each in its own process: with the default allocator (glibc hands
-large blocks back to the OS, so every freshly allocated output pays page faults on first
-touch) and with a caching allocator (libtcmalloc-minimal4 preloaded), which compares the
-kernels themselves. On a GPU the caching allocator is torch's own: one regime. Results go to
---out (default: $OUT if set, else bench/results/) as JSON and Markdown; the table prints last.
+Each loss's providers and a device copy of the same size are timed side by side (on CPU in
+interleaved rounds), and that copy's bandwidth is the loss's ceiling. On CPU the cases run
+twice, each in its own process: with the default allocator (glibc hands large blocks back to
+the OS, so every freshly allocated output pays page faults on first touch) and with a caching
+allocator (libtcmalloc-minimal4 preloaded), which compares the kernels themselves. On a GPU
+the caching allocator is torch's own: one regime. Results go to --out (default: $OUT if set,
+else bench/results/) as JSON and Markdown; the table prints last.
 """
 
 from __future__ import annotations
@@ -48,64 +50,78 @@ def cpu_name() -> str:
     return f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
 
 
-def time_cpu(fn, min_time: float = 1.0, min_reps: int = 7, max_reps: int = 60) -> float:
-    """Median seconds of fn() after two warm-up calls."""
-    fn(); fn()
-    samples = []
+def time_cpu_interleaved(steps: dict, min_time: float = 1.5, min_rounds: int = 7,
+                         max_rounds: int = 60) -> dict:
+    """Median seconds of each step, timed in rounds (one call of every step per round, the
+    order rotating) after two warm-up calls each: a shared machine's bandwidth drifts by tens
+    of percent within seconds, and interleaving gives every step, the copy included, the same
+    conditions."""
+    names = list(steps)
+    for name in names:
+        steps[name](); steps[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
-    while len(samples) < min_reps or (time.perf_counter() - start < min_time and len(samples) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() - start < min_time and rounds < max_rounds):
+        for k in range(len(names)):
+            name = names[(k + rounds) % len(names)]
+            t0 = time.perf_counter()
+            steps[name]()
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def time_gpu(fn) -> float:
-    """Median seconds by CUDA events; do_bench flushes the L2 before every call."""
+def time_gpu(steps: dict) -> dict:
+    """Median seconds of each step by CUDA events (do_bench flushes the L2 before every call);
+    the copy is timed before and after the others, its better time kept."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") / 1e3
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") / 1e3
+
+    times = {name: bench(fn) for name, fn in steps.items()}
+    times[COPY] = min(times[COPY], bench(steps[COPY]))
+    return times
+
+
+COPY = "copy"
 
 
 def measure(device: str, sizes: list[int], losses: list[str], regime: str) -> dict:
+    """Every loss at every size, each provider timed next to a copy of the same size: the
+    copy's bandwidth in that group is the loss's ceiling."""
     import torch
 
     import cases
 
-    timer = time_gpu if device == "cuda" else time_cpu
+    timer = time_gpu if device == "cuda" else time_cpu_interleaved
     providers = cases.providers(device)
     rows = []
     for n in sizes:
         copy, copy_bytes = cases.copy_step(n, torch.float32, device)
-        copy_gbps = copy_bytes / timer(copy) / 1e9
-        size_rows = []
         for loss in losses:
             case = cases.make_case(loss, n, torch.float32, device)
-            for name, make in providers.items():
-                step = make(case)
-                seconds = timer(step)
-                size_rows.append({"loss": loss, "n": n, "provider": name, "seconds": seconds,
-                                  "bytes": case.nbytes, "gbps": case.nbytes / seconds / 1e9})
-                print(f"  [{regime}] {loss:10s} 2^{n.bit_length() - 1} {name:16s} {seconds * 1e3:9.3f} ms",
-                      flush=True)
-            del case
-        # The ceiling is the better of a copy timed before and one timed after the losses (a
-        # shared machine's bandwidth drifts within a run).
-        copy_gbps = max(copy_gbps, copy_bytes / timer(copy) / 1e9)
+            steps = {COPY: copy, **{name: make(case) for name, make in providers.items()}}
+            times = timer(steps)
+            copy_gbps = copy_bytes / times.pop(COPY) / 1e9
+            for name, seconds in times.items():
+                rows.append({"loss": loss, "n": n, "provider": name, "seconds": seconds, "bytes": case.nbytes,
+                             "gbps": case.nbytes / seconds / 1e9, "copy_gbps": copy_gbps})
+                print(f"  [{regime}] {loss:16s} 2^{n.bit_length() - 1} {name:16s} {seconds * 1e3:9.3f} ms "
+                      f"({100 * case.nbytes / seconds / 1e9 / copy_gbps:.0f}% of copy)", flush=True)
+            del case, steps
         del copy
-        rows += [{**row, "copy_gbps": copy_gbps} for row in size_rows]
     return {"regime": regime, "description": REGIMES[regime], "rows": rows}
 
 
 def table(result: dict) -> str:
     lines = [f"### Forward+backward, float32 — {result['description']}", "",
-             "| loss | size | provider | time (ms) | GB/s | % of copy | vs eager | vs compile |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| loss | size | provider | time (ms) | GB/s | copy GB/s | % of copy | vs eager | vs compile |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple, dict[str, dict]] = {}
-    copies: dict[int, float] = {}
     for row in result["rows"]:
         groups.setdefault((row["loss"], row["n"]), {})[row["provider"]] = row
-        copies[row["n"]] = row["copy_gbps"]
     for (loss, n), rows in groups.items():
         eager = rows.get("torch-eager", {}).get("seconds")
         compiled = rows.get("torch-compile", {}).get("seconds")
@@ -113,11 +129,12 @@ def table(result: dict) -> str:
             s = row["seconds"]
             lines.append(
                 f"| {loss} | 2^{n.bit_length() - 1} | {name} | {s * 1e3:.3f} | {row['gbps']:.1f} | "
-                f"{100 * row['gbps'] / row['copy_gbps']:.0f}% | "
+                f"{row['copy_gbps']:.1f} | {100 * row['gbps'] / row['copy_gbps']:.0f}% | "
                 f"{eager / s:.2f}x | {compiled / s:.2f}x |")
     lines.append("")
-    lines.append("Copy ceiling (GB/s, read + written): " +
-                 ", ".join(f"2^{n.bit_length() - 1}: {gbps:.1f}" for n, gbps in copies.items()))
+    lines.append("GB/s: the bytes a fused step must move (read every input once, write every gradient "
+                 "once) per second. copy GB/s: a copy of the same size (read + written), timed in the "
+                 "same rounds as that loss's providers.")
     return "\n".join(lines)
 
 
