@@ -32,22 +32,28 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-ROW_D = 256  # embedding width of the pair and triplet losses: (n / 256) rows of 256
+ROW_D = 256  # embedding width of the pair and triplet losses when a size is given in elements
 
 
-def make_case(loss: str, n: int, dtype: torch.dtype, device: str) -> Case:
-    """About n elements of input for `loss`."""
+def size_label(size: int | tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}" if isinstance(size, tuple) else f"2^{size.bit_length() - 1}"
+
+
+def make_case(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device: str) -> Case:
+    """The inputs of `loss` at `size`: about `size` elements of input, or for the pair and
+    triplet losses (rows, D) (an element count gives rows of ROW_D)."""
     if loss in ROW_LOSSES:
-        rows = max(1, n // ROW_D)
+        rows, d = size if isinstance(size, tuple) else (max(1, size // ROW_D), ROW_D)
         count = 3 if loss == "triplet" else 2
-        xs = [torch.randn(rows, ROW_D, dtype=dtype, device=device).requires_grad_() for _ in range(count)]
+        xs = [torch.randn(rows, d, dtype=dtype, device=device).requires_grad_() for _ in range(count)]
         extra = ()
         if loss == "contrastive":
             extra = ((torch.rand(rows, device=device) < 0.5).to(dtype),)
         elif loss == "cosine_embedding":
             extra = ((torch.rand(rows, device=device) < 0.5).to(dtype) * 2 - 1,)
         # read every row once, write the gradient of every input once
-        return Case(loss, (*xs, *extra), {}, 2 * count * rows * ROW_D * _element_size(dtype))
+        return Case(loss, (*xs, *extra), {}, 2 * count * rows * d * _element_size(dtype))
+    n = size[0] * size[1] if isinstance(size, tuple) else size
     if loss == "masked_mse":
         images = max(1, round(n / (MAE_PATCHES * MAE_PATCH)))
         shape = (images, MAE_PATCHES, MAE_PATCH)

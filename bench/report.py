@@ -1,7 +1,7 @@
 """The benchmark report: each loss's forward+backward, fastloss vs torch eager vs
 torch.compile, with the copy bandwidth measured in the same run as the ceiling.
 
-    python bench/report.py [--sizes 18,22,25] [--losses mse,bce] [--out DIR]
+    python bench/report.py [--sizes 18,22,25] [--row-shapes 65536x256] [--losses mse,bce] [--out DIR]
 
 Each loss's providers and a device copy of the same size are timed side by side (on CPU in
 interleaved rounds), and that copy's bandwidth is the loss's ceiling. On CPU the cases run
@@ -88,30 +88,34 @@ def time_gpu(steps: dict) -> dict:
 COPY = "copy"
 
 
-def measure(device: str, sizes: list[int], losses: list[str], regime: str) -> dict:
-    """Every loss at every size, each provider timed next to a copy of the same size: the
-    copy's bandwidth in that group is the loss's ceiling."""
+def measure(device: str, sizes: list[int], row_shapes: list[tuple[int, int]], losses: list[str],
+            regime: str) -> dict:
+    """Every loss at every size (the pair and triplet losses at every (rows, D) shape), each
+    provider timed next to a copy of as many elements: that copy's bandwidth in the group is
+    the loss's ceiling."""
     import torch
 
     import cases
 
     timer = time_gpu if device == "cuda" else time_cpu_interleaved
     providers = cases.providers(device)
+    groups = [(loss, size) for size in sizes for loss in losses if loss not in cases.ROW_LOSSES]
+    groups += [(loss, shape) for shape in row_shapes for loss in losses if loss in cases.ROW_LOSSES]
     rows = []
-    for n in sizes:
+    for loss, size in groups:
+        n = size[0] * size[1] if isinstance(size, tuple) else size
+        label = cases.size_label(size)
         copy, copy_bytes = cases.copy_step(n, torch.float32, device)
-        for loss in losses:
-            case = cases.make_case(loss, n, torch.float32, device)
-            steps = {COPY: copy, **{name: make(case) for name, make in providers.items()}}
-            times = timer(steps)
-            copy_gbps = copy_bytes / times.pop(COPY) / 1e9
-            for name, seconds in times.items():
-                rows.append({"loss": loss, "n": n, "provider": name, "seconds": seconds, "bytes": case.nbytes,
-                             "gbps": case.nbytes / seconds / 1e9, "copy_gbps": copy_gbps})
-                print(f"  [{regime}] {loss:16s} 2^{n.bit_length() - 1} {name:16s} {seconds * 1e3:9.3f} ms "
-                      f"({100 * case.nbytes / seconds / 1e9 / copy_gbps:.0f}% of copy)", flush=True)
-            del case, steps
-        del copy
+        case = cases.make_case(loss, size, torch.float32, device)
+        steps = {COPY: copy, **{name: make(case) for name, make in providers.items()}}
+        times = timer(steps)
+        copy_gbps = copy_bytes / times.pop(COPY) / 1e9
+        for name, seconds in times.items():
+            rows.append({"loss": loss, "size": label, "n": n, "provider": name, "seconds": seconds,
+                         "bytes": case.nbytes, "gbps": case.nbytes / seconds / 1e9, "copy_gbps": copy_gbps})
+            print(f"  [{regime}] {loss:16s} {label:10s} {name:16s} {seconds * 1e3:9.3f} ms "
+                  f"({100 * case.nbytes / seconds / 1e9 / copy_gbps:.0f}% of copy)", flush=True)
+        del case, steps, copy
     return {"regime": regime, "description": REGIMES[regime], "rows": rows}
 
 
@@ -121,14 +125,14 @@ def table(result: dict) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple, dict[str, dict]] = {}
     for row in result["rows"]:
-        groups.setdefault((row["loss"], row["n"]), {})[row["provider"]] = row
-    for (loss, n), rows in groups.items():
+        groups.setdefault((row["loss"], row["size"]), {})[row["provider"]] = row
+    for (loss, size), rows in groups.items():
         eager = rows.get("torch-eager", {}).get("seconds")
         compiled = rows.get("torch-compile", {}).get("seconds")
         for name, row in rows.items():
             s = row["seconds"]
             lines.append(
-                f"| {loss} | 2^{n.bit_length() - 1} | {name} | {s * 1e3:.3f} | {row['gbps']:.1f} | "
+                f"| {loss} | {size} | {name} | {s * 1e3:.3f} | {row['gbps']:.1f} | "
                 f"{row['copy_gbps']:.1f} | {100 * row['gbps'] / row['copy_gbps']:.0f}% | "
                 f"{eager / s:.2f}x | {compiled / s:.2f}x |")
     lines.append("")
@@ -138,19 +142,26 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_child(regime: str, sizes: list[int], losses: list[str], preload: str | None) -> dict:
+def run_child(regime: str, args: argparse.Namespace, preload: str | None) -> dict:
     env = dict(os.environ)
     if preload:
         env["LD_PRELOAD"] = preload
-    out = subprocess.run([sys.executable, __file__, "--child", regime, "--sizes",
-                          ",".join(str(n.bit_length() - 1) for n in sizes), "--losses", ",".join(losses)],
-                         env=env, stdout=subprocess.PIPE, text=True, check=True)
+    command = [sys.executable, __file__, "--child", regime, "--sizes", args.sizes, "--row-shapes", args.row_shapes,
+               "--losses", args.losses]
+    out = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+DEFAULT_SIZES = {"cpu": "18,22,24,25", "cuda": "22,25,28"}
+DEFAULT_ROW_SHAPES = {"cpu": "4096x128,16384x256,65536x256,65536x512",
+                      "cuda": "4096x128,65536x256,65536x512,1048576x256"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=None, help="comma-separated powers of two")
+    parser.add_argument("--sizes", default=None, help="comma-separated powers of two (elements)")
+    parser.add_argument("--row-shapes", default=None,
+                        help="comma-separated ROWSxD of the pair and triplet losses, e.g. 65536x256")
     parser.add_argument("--losses", default=None, help="comma-separated, default all")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -159,15 +170,21 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    default_sizes = "22,25,28" if device == "cuda" else "18,22,24,25"
-    sizes = [1 << int(p) for p in (args.sizes or default_sizes).split(",")]
     sys.path.insert(0, str(HERE))
     import cases
 
-    losses = args.losses.split(",") if args.losses else cases.LOSSES
+    args.sizes = args.sizes or DEFAULT_SIZES[device]
+    args.row_shapes = args.row_shapes or DEFAULT_ROW_SHAPES[device]
+    args.losses = args.losses or ",".join(cases.LOSSES)
+    sizes = [1 << int(p) for p in args.sizes.split(",")]
+    row_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.row_shapes.split(",")]
+    losses = args.losses.split(",")
+    unknown = [loss for loss in losses if loss not in cases.LOSSES]
+    if unknown:
+        parser.error(f"unknown loss {', '.join(unknown)}; known: {', '.join(cases.LOSSES)}")
 
     if args.child:  # one regime, in this process; the JSON goes last on stdout
-        result = measure(device, sizes, losses, args.child)
+        result = measure(device, sizes, row_shapes, losses, args.child)
         print(json.dumps(result))
         return
 
@@ -175,13 +192,13 @@ def main() -> None:
 
     if device == "cuda":
         machine = torch.cuda.get_device_name()
-        results = [measure(device, sizes, losses, "gpu")]
+        results = [measure(device, sizes, row_shapes, losses, "gpu")]
     else:
         machine = cpu_name()
-        results = [run_child("default", sizes, losses, None)]
+        results = [run_child("default", args, None)]
         tcmalloc = next((p for p in TCMALLOC_CANDIDATES if Path(p).exists()), None)
         if tcmalloc:
-            results.append(run_child("tcmalloc", sizes, losses, tcmalloc))
+            results.append(run_child("tcmalloc", args, tcmalloc))
         else:
             print("note: libtcmalloc_minimal.so.4 not found (apt-get install libtcmalloc-minimal4): "
                   "caching-allocator regime skipped", file=sys.stderr)
