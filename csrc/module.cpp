@@ -1,8 +1,8 @@
 // The Python module fastloss._C: loading it registers the ops; it also reports build facts.
 #include <torch/extension.h>
 
+#include "cpu/cpu_common.h"
 #include "fastloss_build_info.h"
-
 
 namespace fastloss::cpu {
 const char* isa_name();
@@ -21,4 +21,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("torch_version") = FASTLOSS_TORCH_VERSION;
   m.def("cpu_isa", [] { return std::string(fastloss::cpu::isa_name()); },
         "Instruction set the CPU kernels run with on this machine.");
+  m.def("output_cache_blocks", [] { return fastloss::cpu::OutputBlockCache::instance().block_sizes(); },
+        "Sizes in bytes of the free blocks in the CPU output cache, in the order returned.");
 }

@@ -2,6 +2,10 @@
 determinism, single-pass training (what is computed, allocated and copied), and the
 half/bfloat16 conversions of the C++ kernels."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -268,10 +272,6 @@ torch.save((fastloss._backend.extension().cpu_isa(), out), sys.argv[1])
 def test_cpu_builds_for_each_instruction_set_agree_bit_for_bit(tmp_path):
     # The baseline, AVX2 and AVX-512 kernels share the summation order and the formulas, so on
     # one machine they must give the same bits; each runs in its own process (chosen once).
-    import os
-    import subprocess
-    import sys
-
     results = {}
     for isa in ("baseline", "avx2", ""):
         path = tmp_path / f"{isa or 'best'}.pt"
@@ -285,6 +285,37 @@ def test_cpu_builds_for_each_instruction_set_agree_bit_for_bit(tmp_path):
     for key in ("avx2", "best"):
         for a, b in zip(reference, results[key][1]):
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), (names, key)
+
+
+CACHE_EVICTION_SCRIPT = """
+import torch, fastloss
+from fastloss import _C
+MiB = 1 << 20
+
+def gradient_of(mib):  # an output of mib MiB, freed on return
+    x = torch.randn(mib * MiB // 4, requires_grad=True)
+    fastloss.mse_loss(x, torch.randn(mib * MiB // 4), backend="cpu").backward()
+
+def cached():
+    return [size // MiB for size in _C.output_cache_blocks()]
+
+gradient_of(16); gradient_of(20)
+assert cached() == [16, 20], cached()
+gradient_of(16)  # reused, and now the most recent
+assert cached() == [20, 16], cached()
+gradient_of(24)  # 60 MiB > 40: the block returned longest ago goes back to the OS
+assert cached() == [16, 24], cached()
+gradient_of(48)  # larger than the whole cache: not kept, and nothing else evicted for it
+assert cached() == [16, 24], cached()
+print("ok")
+"""
+
+
+def test_cpu_block_cache_keeps_the_sizes_in_use():
+    # FASTLOSS_OUTPUT_CACHE_MB is read once per process: a child process with a 40 MiB cache
+    env = {**os.environ, "FASTLOSS_OUTPUT_CACHE_MB": "40"}
+    out = subprocess.run([sys.executable, "-c", CACHE_EVICTION_SCRIPT], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_cpu_large_outputs_from_the_block_cache_are_correct_and_not_shared():

@@ -16,11 +16,11 @@ FASTLOSS_HD float from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); retur
 FASTLOSS_HD uint32_t to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 }  // namespace detail
 
-// e^x for float within 2 ulp, subnormal results included, 0 below -104, inf past the float
-// range, NaN for NaN. Written with selects of computed values only (no choice among
-// constants, which compilers may turn into branches), so that it vectorizes.
-FASTLOSS_HD float exp_cpu(float x) {
-  const float clamped = select(x < -104.0f, -104.0f, select(x > 89.0f, 89.0f, x));
+// e^x for float x <= 0 (BCE's e^-|x|): within 2 ulp, subnormal results included, 0 below -104,
+// NaN for NaN. Written with selects of computed values only (no choice among constants, which
+// compilers may turn into branches), so that it vectorizes.
+FASTLOSS_HD float exp_nonpositive_cpu(float x) {
+  const float clamped = select(x < -104.0f, -104.0f, x);
   // x = k ln2 + r, |r| <= ln2/2, with ln2 split in two for an exact product; k rounded to
   // nearest by the 1.5 * 2^23 trick (vectorizes on any SSE2 target).
   const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -36,13 +36,11 @@ FASTLOSS_HD float exp_cpu(float x) {
   p = std::fma(p, r, 0.5f);
   p = std::fma(p, r, 1.0f);
   p = std::fma(p, r, 1.0f);
-  // 2^k in two factors, each a normal float for k in [-150, 128]: gradual underflow and
-  // overflow then come out of the products.
-  const int32_t ki = int32_t(k);
-  const int32_t k1 = ki / 2, k2 = ki - k1;
-  const float s1 = detail::from_bits(uint32_t(k1 + 127) << 23);
-  const float s2 = detail::from_bits(uint32_t(k2 + 127) << 23);
-  const float result = p * s1 * s2;
+  // 2^k = 2^(k + 64) 2^-64: for k in [-150, 0] the first factor is a normal float, so p times it
+  // is exact, and the one rounding (into the subnormals, where e^x is that small) comes with
+  // the second product: gradual underflow.
+  const float scale = detail::from_bits(uint32_t(int32_t(k) + 64 + 127) << 23);
+  const float result = (p * scale) * 5.42101086242752217e-20f;  // 2^-64
   return select(x < -104.0f, 0.0f, result);
 }
 
@@ -78,14 +76,15 @@ FASTLOSS_HD double copysign(double magnitude, double sign) { return ::copysign(m
 template <typename T>
 FASTLOSS_HD T sign(T v) { return select(abs(v) > T(0), copysign(T(1), v), T(0)); }
 
-FASTLOSS_HD float exp(float x) {
+// e^x for x <= 0.
+FASTLOSS_HD float exp_nonpositive(float x) {
 #if defined(__CUDA_ARCH__)
   return ::expf(x);
 #else
-  return exp_cpu(x);
+  return exp_nonpositive_cpu(x);
 #endif
 }
-FASTLOSS_HD double exp(double x) { return ::exp(x); }
+FASTLOSS_HD double exp_nonpositive(double x) { return ::exp(x); }
 
 // log(1 + e) and 1 / (1 + e) for e in [0, 1].
 FASTLOSS_HD void log1p_and_reciprocal(float e, float& log1p_e, float& reciprocal) {

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <vector>
 
@@ -45,9 +44,12 @@ double chunked_sum(int64_t n, int64_t chunk, const Fn& fn) {
 // Large outputs (16 MiB and more: gradients of big tensors) come from a small cache of mapped
 // blocks with transparent huge pages. A fresh 128 MiB output otherwise costs about 30 ms of
 // first-touch page faults here (glibc returns big blocks to the OS on free), several times the
-// kernel; huge pages cut the faults 512-fold, and a block freed by its tensor is kept (up to
-// FASTLOSS_OUTPUT_CACHE_MB, default 1024, in all) for the next output of the same size, so a
-// training loop pays no faults at all. FASTLOSS_OUTPUT_CACHE_MB=0 turns this off.
+// kernel; huge pages cut the faults 512-fold, and a block freed by its tensor is kept for the
+// next output of the same size, so a training loop pays no faults at all. The cache holds up to
+// FASTLOSS_OUTPUT_CACHE_MB (default 1024) in all; past that the blocks returned longest ago go
+// back to the OS first, so sizes no longer in use make room for the current ones (keeping the
+// block just returned instead left a changed workload faulting on every call).
+// FASTLOSS_OUTPUT_CACHE_MB=0 turns this off.
 class OutputBlockCache {
  public:
   static OutputBlockCache& instance() {
@@ -58,12 +60,13 @@ class OutputBlockCache {
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(bytes);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
-        cached_ -= bytes;
-        return p;
+      for (size_t i = free_.size(); i-- > 0;) {  // the most recently returned block of that size
+        if (free_[i].bytes == bytes) {
+          void* p = free_[i].data;
+          free_.erase(free_.begin() + std::ptrdiff_t(i));
+          cached_ -= bytes;
+          return p;
+        }
       }
     }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -77,28 +80,44 @@ class OutputBlockCache {
   }
 
   void give_back(void* p, size_t bytes) {
-    {
+    std::vector<Block> evicted{{p, bytes}};
+    if (bytes <= limit_) {
+      evicted.clear();
       std::lock_guard<std::mutex> lock(mutex_);
-      if (cached_ + bytes <= limit_) {
-        free_[bytes].push_back(p);
-        cached_ += bytes;
-        return;
+      free_.push_back({p, bytes});
+      cached_ += bytes;
+      size_t oldest = 0;
+      while (cached_ > limit_ && oldest < free_.size()) {
+        cached_ -= free_[oldest].bytes;
+        evicted.push_back(free_[oldest++]);
       }
+      free_.erase(free_.begin(), free_.begin() + std::ptrdiff_t(oldest));
     }
 #if defined(__linux__)
-    munmap(p, bytes);
+    for (const Block& b : evicted) munmap(b.data, b.bytes);  // outside the lock
 #endif
   }
 
   bool enabled() const { return limit_ > 0; }
 
+  std::vector<size_t> block_sizes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<size_t> sizes;
+    for (const Block& b : free_) sizes.push_back(b.bytes);
+    return sizes;
+  }
+
  private:
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
   OutputBlockCache() {
     const char* v = std::getenv("FASTLOSS_OUTPUT_CACHE_MB");
     limit_ = size_t(v ? std::max(0L, std::atol(v)) : 1024L) << 20;
   }
   std::mutex mutex_;
-  std::map<size_t, std::vector<void*>> free_;
+  std::vector<Block> free_;  // in the order returned: the front goes first
   size_t cached_ = 0;
   size_t limit_ = 0;
 };

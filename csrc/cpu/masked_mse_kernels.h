@@ -59,7 +59,7 @@ double masked_mse_rows(const MaskedMseArgs& a, int64_t begin, int64_t end) {
     const int64_t ahead = next_counted(r + 1);
     const int64_t prefetch_offset = ahead < a.rows ? (ahead - r) * p : 0;  // 0: nothing to fetch
     for_each_block(p, [&](int64_t j, auto n) {
-      if (prefetch_offset) {
+      if (prefetch_offset && n == kLanes) {  // full blocks only: never past the tensor's end
         prefetch_block(x + j + prefetch_offset);
         prefetch_block(t + j + prefetch_offset);
       }

@@ -80,7 +80,7 @@ struct Huber {
 struct BceWithLogits {
   template <typename T>
   FASTLOSS_HD static void eval(T x, T t, T, T pos_weight, T& loss, T& d_input, T& d_target) {
-    const T e = fmath::exp(-fmath::abs(x));  // in [0, 1]
+    const T e = fmath::exp_nonpositive(-fmath::abs(x));  // in [0, 1]
     T log1p_e, r;                             // log(1 + e), 1 / (1 + e)
     fmath::log1p_and_reciprocal(e, log1p_e, r);
     const T softplus_neg = log1p_e + select(x < T(0), -x, T(0));
