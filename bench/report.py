@@ -52,10 +52,12 @@ def cpu_name() -> str:
 
 def time_cpu_interleaved(steps: dict, min_time: float = 1.5, min_rounds: int = 7,
                          max_rounds: int = 60) -> dict:
-    """Median seconds of each step, timed in rounds (one call of every step per round, the
-    order rotating) after two warm-up calls each: a shared machine's bandwidth drifts by tens
-    of percent within seconds, and interleaving gives every step, the copy included, the same
-    conditions."""
+    """Median seconds of each step, timed in rounds (every step once per round, the order
+    rotating): a shared machine's bandwidth drifts by tens of percent within seconds, and
+    interleaving gives every step, the copy included, the same conditions. Each timed call
+    follows an untimed call of the same step, as a training loop runs its steps back to back:
+    on the 2-core dev VM the first call after another workload or an idle moment ran up to 1.5x
+    slower (a 13 ms step took 19 ms after a 50 ms sleep)."""
     names = list(steps)
     for name in names:
         steps[name](); steps[name]()
@@ -65,6 +67,7 @@ def time_cpu_interleaved(steps: dict, min_time: float = 1.5, min_rounds: int = 7
     while rounds < min_rounds or (time.perf_counter() - start < min_time and rounds < max_rounds):
         for k in range(len(names)):
             name = names[(k + rounds) % len(names)]
+            steps[name]()
             t0 = time.perf_counter()
             steps[name]()
             samples[name].append(time.perf_counter() - t0)
