@@ -3,7 +3,7 @@ torch.compile, with the copy bandwidth measured in the same run as the ceiling.
 
     python bench/report.py [--sizes 18,22,25] [--row-shapes 65536x256] [--losses mse,bce] [--out DIR]
 
-Each loss's providers and a device copy of the same size are timed side by side (on CPU in
+Each loss's providers and a device copy moving as many bytes are timed side by side (on CPU in
 interleaved rounds), and that copy's bandwidth is the loss's ceiling. On CPU the cases run
 twice, each in its own process: with the default allocator (glibc hands large blocks back to
 the OS, so every freshly allocated output pays page faults on first touch) and with a caching
@@ -94,7 +94,7 @@ COPY = "copy"
 def measure(device: str, sizes: list[int], row_shapes: list[tuple[int, int]], losses: list[str],
             regime: str) -> dict:
     """Every loss at every size (the pair and triplet losses at every (rows, D) shape), each
-    provider timed next to a copy of as many elements: that copy's bandwidth in the group is
+    provider timed next to a copy moving as many bytes: that copy's bandwidth in the group is
     the loss's ceiling."""
     import torch
 
@@ -108,8 +108,10 @@ def measure(device: str, sizes: list[int], row_shapes: list[tuple[int, int]], lo
     for loss, size in groups:
         n = size[0] * size[1] if isinstance(size, tuple) else size
         label = cases.size_label(size)
-        copy, copy_bytes = cases.copy_step(n, torch.float32, device)
         case = cases.make_case(loss, size, torch.float32, device)
+        # a copy that moves as many bytes as the fused step must (half read, half written), so
+        # that both sit at the same level of the memory hierarchy
+        copy, copy_bytes = cases.copy_step(max(1, case.nbytes // 8), torch.float32, device)
         steps = {COPY: copy, **{name: make(case) for name, make in providers.items()}}
         times = timer(steps)
         copy_gbps = copy_bytes / times.pop(COPY) / 1e9
@@ -140,8 +142,8 @@ def table(result: dict) -> str:
                 f"{eager / s:.2f}x | {compiled / s:.2f}x |")
     lines.append("")
     lines.append("GB/s: the bytes a fused step must move (read every input once, write every gradient "
-                 "once) per second. copy GB/s: a copy of the same size (read + written), timed in the "
-                 "same rounds as that loss's providers.")
+                 "once) per second. copy GB/s: a copy moving as many bytes (read + written), timed in "
+                 "the same rounds as that loss's providers.")
     return "\n".join(lines)
 
 
@@ -164,7 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated powers of two (elements)")
     parser.add_argument("--row-shapes", default=None,
-                        help="comma-separated ROWSxD of the pair and triplet losses, e.g. 65536x256")
+                        help="comma-separated ROWSxD of the pair and triplet losses, e.g. 65536x256 "
+                             "(--sizes does not apply to them)")
     parser.add_argument("--losses", default=None, help="comma-separated, default all")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -179,8 +182,13 @@ def main() -> None:
     args.sizes = args.sizes or DEFAULT_SIZES[device]
     args.row_shapes = args.row_shapes or DEFAULT_ROW_SHAPES[device]
     args.losses = args.losses or ",".join(cases.LOSSES)
-    sizes = [1 << int(p) for p in args.sizes.split(",")]
-    row_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.row_shapes.split(",")]
+    try:
+        sizes = [1 << int(p) for p in args.sizes.split(",")]
+        row_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.row_shapes.split(",")]
+    except ValueError as e:
+        parser.error(f"--sizes takes powers of two like 22,25 and --row-shapes ROWSxD like 65536x256 ({e})")
+    if any(len(shape) != 2 or min(shape) < 1 for shape in row_shapes):
+        parser.error(f"--row-shapes takes ROWSxD with positive ROWS and D, got {args.row_shapes}")
     losses = args.losses.split(",")
     unknown = [loss for loss in losses if loss not in cases.LOSSES]
     if unknown:

@@ -311,10 +311,12 @@ print("ok")
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the huge-page output cache is Linux's")
 def test_cpu_block_cache_keeps_the_sizes_in_use():
     # FASTLOSS_OUTPUT_CACHE_MB is read once per process: a child process with a 40 MiB cache
     env = {**os.environ, "FASTLOSS_OUTPUT_CACHE_MB": "40"}
-    out = subprocess.run([sys.executable, "-c", CACHE_EVICTION_SCRIPT], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", CACHE_EVICTION_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
