@@ -163,6 +163,22 @@ def test_cpu_independent_of_thread_count():
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
 
 
+def test_cpu_streaming_gradient_matches_the_cached_path():
+    """A gradient of 32 MiB and more is written with streaming stores: the same bits as the
+    ordinary stores of a smaller call with the same sum(mask) (counted patches only in the
+    first images, so both calls scale by the same 1 / (P * sum(mask)))."""
+    images, patches, p = 60, 196, 768  # 36 MB of float32
+    x = random((images, patches, p), torch.float32, "cpu", requires_grad=True)
+    t = random((images, patches, p), torch.float32, "cpu")
+    mask = torch.zeros(images, patches, dtype=torch.bool)
+    mask[:2] = torch.rand(2, patches) < 0.75
+    (big,) = torch.autograd.grad(fastloss.masked_mse_loss(x, t, mask, norm_target=True, backend="cpu"), x)
+    (small,) = torch.autograd.grad(fastloss.masked_mse_loss(x[:3], t[:3], mask[:3], norm_target=True, backend="cpu"), x)
+    assert torch.equal(big[:3], small[:3])
+    assert torch.equal(big[3:], torch.zeros_like(big[3:]))
+    assert big[:2].abs().sum() > 0
+
+
 @pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
 def test_torch_compile_fullgraph(backend_device):
     backend, device = backend_device

@@ -276,6 +276,28 @@ def test_more_than_2_to_the_24_rows(backend_device):
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-5, atol=1e-13)
 
 
+@pytest.mark.parametrize("d", [512, 515], ids=["rows-on-cache-lines", "rows-off-cache-lines"])
+def test_cpu_streaming_gradients_match_the_cached_path(d):
+    """Gradients of 32 MiB and more are written with streaming stores (kStreamingBytes): the
+    same bits as the ordinary stores of a smaller call. With reduction "sum" each row's gradient
+    is its own, so the first rows of a big call must equal a small call on those rows, bit for
+    bit; D = 515 puts most blocks off a 64-byte boundary, where the kernel falls back."""
+    n = (32 << 20) // (4 * d) + 7  # each gradient just over 32 MiB of float32
+    x1, x2, x3 = (random((n, d), torch.float32, "cpu", requires_grad=True) for _ in range(3))
+    y = (torch.rand(n) < 0.5).float()
+    calls = [lambda a, b, c, rows: fastloss.triplet_margin_loss(a[rows], b[rows], c[rows], reduction="sum", backend="cpu"),
+             lambda a, b, c, rows: fastloss.contrastive_loss(a[rows], b[rows], y[rows], reduction="sum", backend="cpu")]
+    for call in calls:
+        big = torch.autograd.grad(call(x1, x2, x3, slice(None)), [x1, x2, x3], allow_unused=True)
+        small = torch.autograd.grad(call(x1, x2, x3, slice(0, 1000)), [x1, x2, x3], allow_unused=True)
+        for g_big, g_small in zip(big, small):
+            if g_big is None:
+                assert g_small is None
+                continue
+            assert torch.equal(g_big[:1000], g_small[:1000])
+            assert torch.isfinite(g_big).all() and g_big[-5:].abs().sum() > 0  # the last rows are written
+
+
 def test_cpu_independent_of_thread_count():
     inputs, fast, _ = triplet(2.0, swap=True)[1]((3000, 64), torch.float32, "cpu")
     threads = torch.get_num_threads()

@@ -33,6 +33,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_cpu(const at::Tensor& input,
   args.rows = rows;
   args.p = p;
   args.norm_target = norm_target;
+  args.stream_grad = need_grad_input && input.numel() * int64_t(input.element_size()) >= kStreamingBytes;
   args.eps = eps;
   args.grad_scale = 1.0 / (double(p) * mask_sum);
   const MaskedMseRowsFn row_fn = kernels.masked_mse(kind);

@@ -34,6 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_loss_cpu(
   args.eps = eps;
   args.p = p;
   args.swap = swap;
+  const int64_t grads = int64_t(need_grad_a) + int64_t(need_grad_b) + int64_t(need_grad_c && c.has_value());
+  args.stream_grads = grads * a.numel() * int64_t(a.element_size()) >= kStreamingBytes;
   const RowRangeFn fn = kernels_for_this_cpu().row_loss(scalar_kind(a.scalar_type()), loss);
   const double total = chunked_sum(n, rows_per_chunk(d), [&](int64_t r0, int64_t r1) { return fn(args, r0, r1); });
   if (!none) loss_out.fill_(reduction == 1 ? total / double(n) : total);  // mean of none: NaN
