@@ -6,6 +6,7 @@
 
 #include <optional>
 
+#include "common/op_checks.h"
 #include "formulas/pointwise.h"
 
 namespace fastloss {
@@ -17,11 +18,7 @@ inline void check_operand(const char* name, const at::Tensor& input,
                           const std::optional<at::Tensor>& operand) {
   if (!operand.has_value()) return;
   const auto& w = *operand;
-  TORCH_CHECK(w.scalar_type() == input.scalar_type(), "fastloss: ", name,
-              " must have input's dtype ", input.scalar_type(), ", got ", w.scalar_type());
-  TORCH_CHECK(w.device() == input.device(), "fastloss: ", name, " must be on input's device ",
-              input.device(), ", got ", w.device());
-  TORCH_CHECK(w.is_contiguous(), "fastloss: ", name, " must be contiguous");
+  check_companion(name, w, "input", input);
   const int64_t n = input.numel(), period = w.numel();
   TORCH_CHECK(period == n || (period > 0 && n % period == 0), "fastloss: ", name,
               " must have input's numel ", n, " or a divisor of it (a repeated block), got ", period);
@@ -37,20 +34,10 @@ inline void check_pointwise_args(const at::Tensor& input, const at::Tensor& targ
                                  const std::optional<at::Tensor>& pos_weight, int64_t loss,
                                  int64_t reduction, bool mean_by_weight_sum) {
   TORCH_CHECK(loss >= 0 && loss < kNumPointwiseLosses, "fastloss: unknown pointwise loss id ", loss);
-  TORCH_CHECK(reduction >= 0 && reduction <= 2,
-              "fastloss: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-  const auto dtype = input.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              "fastloss: input must be float32, float64, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(target.scalar_type() == dtype, "fastloss: target must have input's dtype ", dtype,
-              ", got ", target.scalar_type());
-  TORCH_CHECK(target.sizes() == input.sizes(), "fastloss: target must have input's shape ",
-              input.sizes(), ", got ", target.sizes());
-  TORCH_CHECK(target.device() == input.device(), "fastloss: target must be on input's device ",
-              input.device(), ", got ", target.device());
-  TORCH_CHECK(input.is_contiguous() && target.is_contiguous(),
-              "fastloss: input and target must be contiguous");
+  check_reduction_id(reduction);
+  check_kernel_dtype("input", input.scalar_type());
+  TORCH_CHECK(input.is_contiguous(), "fastloss: input must be contiguous");
+  check_like("target", target, "input", input);
   check_operand("weight", input, weight);
   check_operand("pos_weight", input, pos_weight);
   TORCH_CHECK(!mean_by_weight_sum || reduction != int64_t(Reduction::kMean) || !weight.has_value() ||
