@@ -50,6 +50,9 @@ def cpu_name() -> str:
     return f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
 
 
+COPY = "copy"  # the step name of the copy timed with every loss
+
+
 def time_cpu_interleaved(steps: dict, min_time: float = 1.5, min_rounds: int = 7,
                          max_rounds: int = 60) -> dict:
     """Median seconds of each step, timed in rounds (every step once per round, the order
@@ -86,9 +89,6 @@ def time_gpu(steps: dict) -> dict:
     times = {name: bench(fn) for name, fn in steps.items()}
     times[COPY] = min(times[COPY], bench(steps[COPY]))
     return times
-
-
-COPY = "copy"
 
 
 def measure(device: str, sizes: list[int], row_shapes: list[tuple[int, int]], losses: list[str],

@@ -132,6 +132,16 @@ FASTLOSS_HD void store_block_streaming(const Acc* __restrict src, N n, T* __rest
   store_block(src, n, dst);
 }
 
+// A gradient block: streaming stores where the kernel was asked for them, else ordinary ones.
+template <typename T, typename Acc, typename N>
+FASTLOSS_HD void store_gradient_block(bool streaming, const Acc* __restrict src, N n, T* __restrict dst) {
+  if (streaming) {
+    store_block_streaming(src, n, dst);
+  } else {
+    store_block(src, n, dst);
+  }
+}
+
 // Orders the streaming stores before whatever the caller does next (they are weakly ordered).
 FASTLOSS_HD void finish_streaming() {
 #if defined(__SSE2__)

@@ -9,10 +9,9 @@ namespace {
 template <typename Acc, typename F>
 FASTLOSS_HD Acc row_sum(int64_t p, const F& f) {
   Acc lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= p; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) lanes[k] += f(j + k);
-  for (int k = 0; j + k < p; ++k) lanes[k] += f(j + k);
+  for_each_block(p, [&](int64_t j, auto n) {
+    for (int k = 0; k < n; ++k) lanes[k] += f(j + k);
+  });
   return Acc(sum_lanes(lanes));
 }
 
@@ -31,20 +30,13 @@ double masked_mse_rows(const MaskedMseArgs& a, int64_t begin, int64_t end) {
   };
   double total = 0.0;
   Acc xb[kLanes], tb[kLanes], gb[kLanes];
-  const auto put = [&](auto n, T* dst) {
-    if (a.stream_grad) {
-      store_block_streaming(gb, n, dst);
-    } else {
-      store_block(gb, n, dst);
-    }
-  };
   for (int64_t r = begin; r < end; ++r) {
     const Acc m = load<Acc>(mask[r]);
     T* grad = a.grad_input ? static_cast<T*>(a.grad_input) + r * p : nullptr;
     if (m == Acc(0)) {  // masked out: the row is not read
       if (grad) {
         for (int k = 0; k < kLanes; ++k) gb[k] = Acc(0);
-        for_each_block(p, [&](int64_t j, auto n) { put(n, grad + j); });
+        for_each_block(p, [&](int64_t j, auto n) { store_gradient_block(a.stream_grad, gb, n, grad + j); });
       }
       continue;
     }
@@ -78,7 +70,7 @@ double masked_mse_rows(const MaskedMseArgs& a, int64_t begin, int64_t end) {
         lanes[k] += k < n ? sq : Acc(0);
         gb[k] = dx * gscale;
       }
-      if (grad) put(n, grad + j);
+      if (grad) store_gradient_block(a.stream_grad, gb, n, grad + j);
     });
     total += double(m) * sum_lanes(lanes) / double(p);
   }

@@ -53,17 +53,9 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
       load_block(rb + j, n, bb);
       if (three) load_block(rc + j, n, cb);
       for (int k = 0; k < kLanes; ++k) Formula::gradient(ab[k], bb[k], cb[k], coef, q, ga[k], gb[k], gc[k]);
-      const auto put = [&](const Acc* g, void* out) {
-        T* dst = static_cast<T*>(out) + r * d + j;
-        if (a.stream_grads) {
-          store_block_streaming(g, n, dst);
-        } else {
-          store_block(g, n, dst);
-        }
-      };
-      if (a.grad_a) put(ga, a.grad_a);
-      if (a.grad_b) put(gb, a.grad_b);
-      if (a.grad_c) put(gc, a.grad_c);
+      if (a.grad_a) store_gradient_block(a.stream_grads, ga, n, static_cast<T*>(a.grad_a) + r * d + j);
+      if (a.grad_b) store_gradient_block(a.stream_grads, gb, n, static_cast<T*>(a.grad_b) + r * d + j);
+      if (a.grad_c) store_gradient_block(a.stream_grads, gc, n, static_cast<T*>(a.grad_c) + r * d + j);
     });
   }
   if (a.stream_grads) finish_streaming();
