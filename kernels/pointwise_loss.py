@@ -36,9 +36,9 @@ def _log1p_nonneg(y):
 
 
 @triton.jit
-def pointwise_formula(x, t, param, aux, LOSS: tl.constexpr):
+def pointwise_formula(x, t, param, aux, LOSS: tl.constexpr, HAS_AUX: tl.constexpr):
     """(loss, d loss / d x, d loss / d t) of the loss LOSS, elementwise; the same formulas as
-    csrc/formulas/pointwise.h. param: beta or delta; aux: BCE's pos_weight (1 otherwise)."""
+    csrc/formulas/pointwise.h. param: beta or delta; aux: BCE's pos_weight where HAS_AUX."""
     diff = x - t
     abs_diff = tl.abs(diff)
     if LOSS == 0:  # squared error
@@ -57,15 +57,20 @@ def pointwise_formula(x, t, param, aux, LOSS: tl.constexpr):
         loss = tl.where(abs_diff < param, 0.5 * diff * diff, param * (abs_diff - 0.5 * param))
         d_input = tl.where(diff < -param, -param, tl.where(diff > param, param, diff))
         d_target = -d_input
-    else:  # BCE with logits, pos_weight = aux
-        abs_x = tl.abs(x)
-        e = tl.exp(-abs_x)
-        softplus_neg = _log1p_nonneg(e) + tl.where(x < 0, -x, 0.0)
+    else:  # BCE with logits, pos_weight = aux where HAS_AUX
+        e = tl.exp(-tl.abs(x))
+        log1p_e = _log1p_nonneg(e)
+        softplus_neg = log1p_e + tl.where(x < 0, -x, 0.0)
         sigmoid = tl.where(x < 0, e, 1.0) / (1.0 + e)
-        c = 1.0 + (aux - 1.0) * t
-        loss = (1.0 - t) * x + c * softplus_neg
-        d_input = c * sigmoid - aux * t
-        d_target = (aux - 1.0) * softplus_neg - x
+        if HAS_AUX:
+            loss = (1.0 - t) * x + (1.0 + (aux - 1.0) * t) * softplus_neg
+            pt = aux * t  # c again, in torch's order for the gradient (NaN for an infinite t)
+            d_input = (pt + 1.0 - t) * sigmoid - pt
+            d_target = aux * softplus_neg - (log1p_e + tl.where(x < 0, 0.0, x))
+        else:
+            loss = (1.0 - t) * x + softplus_neg
+            d_input = sigmoid - t
+            d_target = -x
     return loss, d_input, d_target
 
 
@@ -99,7 +104,7 @@ def _pointwise_loss_kernel(
     # param arrives as two float32 halves so that float64 losses see it to ~48 bits
     param = tl.cast(param_hi, ACC) + tl.cast(param_lo, ACC)
     aux = _load_operand(pw_ptr, offs, mask, pw_period, HAS_POS_WEIGHT, PW_PERIODIC, ACC)
-    loss, d_input, d_target = pointwise_formula(x, t, param, aux, LOSS)
+    loss, d_input, d_target = pointwise_formula(x, t, param, aux, LOSS, HAS_POS_WEIGHT)
     # The gradient scale: 1/N for "mean", 1/sum(weight) (on the device) for weighted "mean".
     scale = tl.full([], 1.0, ACC)
     if MEAN_BY_N:

@@ -31,8 +31,8 @@ FASTLOSS_HD void load_operand(const void* src, int64_t period, int64_t i, int n,
   }
 }
 
-// kWeight, kAux: whether weight / pos_weight are present; when absent the formula sees the
-// constant 1 and the compiler folds it away (BCE without pos_weight is that much cheaper).
+// kWeight, kAux: whether weight / pos_weight are present; an absent weight is the constant 1,
+// which the compiler folds away, and an absent pos_weight is `Absent` (its own formula).
 // N: the block's width, the constant kLanes for a full block (see for_each_block). A full block
 // of float or double data is read and written where it lies; conversions and tails go through
 // local arrays (the copy costs a load and a store per vector: a tenth of BCE's instructions).
@@ -62,14 +62,27 @@ FASTLOSS_HD void pointwise_block(const PointwiseArgs& a, int64_t i, N n,
   const Acc param = Acc(a.param), scale = Acc(a.grad_scale);
   // All kLanes lanes, whatever n (a tail's extra lanes hold zeros and are not stored): a fixed
   // trip count, and `omp simd`, make the compiler turn the formula's selects into blends.
+  // d_target is computed only where it is written (BCE's with pos_weight costs a tenth of
+  // the formula), the choice made outside the loop so that the loop stays branch-free.
+  auto lane_loop = [&](auto with_target) {
 #pragma omp simd
-  for (int j = 0; j < kLanes; ++j) {
-    Acc l, gx, gt;
-    Formula::eval(x[j], t[j], param, kAux ? aux[j] : Acc(1), l, gx, gt);
-    const Acc wj = kWeight ? w[j] : Acc(1);
-    loss[j] = l * wj;
-    dx[j] = gx * wj * scale;
-    dt[j] = gt * wj * scale;
+    for (int j = 0; j < kLanes; ++j) {
+      Acc l, gx, gt;
+      if constexpr (kAux) {
+        Formula::eval(x[j], t[j], param, aux[j], l, gx, gt);
+      } else {
+        Formula::eval(x[j], t[j], param, Absent{}, l, gx, gt);
+      }
+      const Acc wj = kWeight ? w[j] : Acc(1);
+      loss[j] = l * wj;
+      dx[j] = gx * wj * scale;
+      if constexpr (decltype(with_target)::value) dt[j] = gt * wj * scale;
+    }
+  };
+  if (a.grad_target) {
+    lane_loop(std::true_type{});
+  } else {
+    lane_loop(std::false_type{});
   }
   if (!a.loss_out) {
     for (int j = 0; j < n; ++j) lanes[j] += loss[j];

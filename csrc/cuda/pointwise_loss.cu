@@ -82,7 +82,11 @@ pointwise_loss_kernel(const T* __restrict__ input, const T* __restrict__ target,
 #pragma unroll
     for (int j = 0; j < kCount; ++j) {
       Acc loss, dx, dt;
-      Formula::eval(Acc(x[j]), Acc(t[j]), param, aux[j], loss, dx, dt);
+      if (pos_weight.ptr == nullptr) {  // uniform across the grid: no divergence
+        Formula::eval(Acc(x[j]), Acc(t[j]), param, Absent{}, loss, dx, dt);
+      } else {
+        Formula::eval(Acc(x[j]), Acc(t[j]), param, aux[j], loss, dx, dt);
+      }
       loss *= w[j];
       if (p.write_loss) l[j] = T(loss); else sum += loss;
       gx[j] = T(dx * w[j] * scale);
