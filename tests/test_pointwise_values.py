@@ -336,9 +336,9 @@ def _float32_ulps(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     return (actual.double() - expected).abs() / spacing
 
 
-# The C++ CPU kernel's own exp and log1p polynomials measure 3.3 ulp (softplus) and 2.4 ulp
+# The C++ CPU kernel's own exp and log1p polynomials measure 2.5 ulp (softplus) and 2.4 ulp
 # (sigmoid) on this sweep; the interpreted Triton kernel, on numpy's exp and log, 4.1 and 3.1.
-ULP_BOUNDS = [pytest.param("cpu", 4, id="cpu")]
+ULP_BOUNDS = [pytest.param("cpu", 3, id="cpu")]
 if _backend.triton_interpreting():
     ULP_BOUNDS.append(pytest.param("triton", 6, id="triton-interpreted"))
 
