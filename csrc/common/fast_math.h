@@ -11,11 +11,6 @@
 namespace fastloss::fmath {
 
 #if !defined(__CUDA_ARCH__)
-namespace detail {
-FASTLOSS_HD float from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-FASTLOSS_HD uint32_t to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-}  // namespace detail
-
 // e^-a for float a >= 0 (BCE's e^-|x|): within 1.1 ulp (a sweep of [0, 104]), subnormal
 // results included, 0 from a = 104 on, NaN for NaN. Branch-free, so that it vectorizes; every
 // step a correctly rounded add, multiply or fused multiply-add, so every build gives the same
@@ -41,7 +36,7 @@ FASTLOSS_HD float exp_neg_cpu(float a) {
   // 2^-k = 2^(64 - k) 2^-64: for k in [0, 150] the first factor is a normal float (its
   // exponent field 191 - k comes from kb's bits), so p times it is exact, and the one rounding
   // (into the subnormals, where e^-a is that small) comes with the second product.
-  const float scale = detail::from_bits((0x4B4000BFu - detail::to_bits(kb)) << 23);
+  const float scale = bits_to_float((0x4B4000BFu - float_to_bits(kb)) << 23);
   return (p * scale) * 5.42101086242752217e-20f;  // 2^-64
 }
 

@@ -13,6 +13,10 @@
 
 namespace fastloss {
 
+// The bits of a float and back (memcpy: defined behaviour, compiled to a plain move).
+FASTLOSS_HD float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+FASTLOSS_HD uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
 // c ? a : b for the loss formulas. On the host it is a bitwise blend: GCC keeps some
 // conditional expressions as branches inside the kernels' lane loops (then they neither
 // vectorize nor predict well); a blend has no control flow to keep. On the device: a select.

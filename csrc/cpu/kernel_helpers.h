@@ -28,9 +28,6 @@ struct BFloat16 { uint16_t bits; };
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
-FASTLOSS_HD float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-FASTLOSS_HD uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-
 FASTLOSS_HD float to_float(BFloat16 v) { return bits_to_float(uint32_t(v.bits) << 16); }
 FASTLOSS_HD BFloat16 from_float_bf16(float f) {
   const uint32_t u = float_to_bits(f);

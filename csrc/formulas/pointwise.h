@@ -87,7 +87,9 @@ struct Huber {
 struct BceWithLogits {
   template <typename T>
   struct Parts {
-    T log1p_e, neg_part, sigmoid;  // log(1 + e^-|x|), max(-x, 0), sigmoid(x)
+    T log1p_e;             // log(1 + e^-|x|)
+    T neg_part, pos_part;  // max(-x, 0), max(x, 0)
+    T sigmoid;             // sigmoid(x)
   };
   template <typename T>
   FASTLOSS_HD static Parts<T> parts(T x) {
@@ -95,7 +97,7 @@ struct BceWithLogits {
     T log1p_e, r;                               // log(1 + e), 1 / (1 + e)
     fmath::log1p_and_reciprocal(e, log1p_e, r);
     const bool negative = x < T(0);
-    return {log1p_e, select(negative, -x, T(0)), r * select(negative, e, T(1))};
+    return {log1p_e, select(negative, -x, T(0)), select(negative, T(0), x), r * select(negative, e, T(1))};
   }
 
   template <typename T>
@@ -111,11 +113,10 @@ struct BceWithLogits {
     const Parts<T> p = parts(x);
     const T softplus_neg = p.log1p_e + p.neg_part;
     loss = (T(1) - t) * x + (T(1) + (pos_weight - T(1)) * t) * softplus_neg;
-    // c again, in torch's order for the gradient: NaN, as theirs, for an infinite target
+    // c again, summed in torch's order for the gradient (NaN, as theirs, for an infinite t)
     const T pt = pos_weight * t;
     d_input = (pt + T(1) - t) * p.sigmoid - pt;
-    const T softplus_pos = p.log1p_e + select(x < T(0), T(0), x);
-    d_target = pos_weight * softplus_neg - softplus_pos;
+    d_target = pos_weight * softplus_neg - (p.log1p_e + p.pos_part);
   }
 };
 
