@@ -21,7 +21,9 @@ def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: 
 
 def check_reduction(fn: str, reduction: str) -> int:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"fastloss.{fn}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        # torch's words ("... is not a valid value for reduction") with what is expected
+        raise ValueError(f"fastloss.{fn}: {reduction} is not a valid value for reduction: "
+                         f"expected 'none', 'mean' or 'sum', got {reduction!r}")
     return REDUCTIONS[reduction]
 
 
@@ -35,6 +37,42 @@ def check_same_device(fn: str, reference_name: str, reference: torch.Tensor, **o
         if t is not None and t.device != reference.device:
             raise RuntimeError(f"fastloss.{fn}: {name} must be on the same device as {reference_name} "
                                f"({reference.device}), got {t.device}")
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def autocast_float32(device: torch.device, *tensors):
+    """torch.autocast's policy for the losses (they are on its float32 list): inside an
+    autocast region of the tensors' device type, float16/bfloat16 operands are cast to float32
+    before the loss, so it computes and returns float32 as torch's does."""
+    if not (torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(device.type)):
+        return tensors
+    return tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF_DTYPES else t for t in tensors)
+
+
+def kernel_dtypes(*tensors: torch.Tensor | None) -> bool:
+    """Whether every given tensor has a dtype the kernels compute in."""
+    return all(t is None or t.dtype in KERNEL_DTYPES for t in tensors)
+
+
+def describe(**tensors) -> str:
+    return ", ".join(f"{k}: {str(v.dtype).replace('torch.', '')} {tuple(v.shape)}"
+                     for k, v in tensors.items() if isinstance(v, torch.Tensor))
+
+
+def run_torch(fn: str, call, **tensors) -> torch.Tensor:
+    """torch's own function, for arguments the kernels do not take (integer, bool or complex
+    tensors, shapes outside the kernels' layout): its result is torch's, and so is its error,
+    of torch's exception type, with the call's arguments named."""
+    try:
+        return call()
+    except (RuntimeError, TypeError, ValueError) as exc:
+        try:
+            wrapped = type(exc)(f"fastloss.{fn} ({describe(**tensors)}): {exc}")
+        except Exception:  # an exception type that takes other arguments: torch's as it is
+            raise exc from None
+        raise wrapped from exc
 
 
 def result_dtype(fn: str, **tensors) -> torch.dtype:
@@ -51,10 +89,10 @@ def result_dtype(fn: str, **tensors) -> torch.dtype:
     return dtype
 
 
-def broadcast_shape(fn: str, **tensors) -> torch.Size:
-    shapes = {k: v.shape for k, v in tensors.items() if v is not None}
+def broadcast_shape(fn: str, **tensors) -> torch.Size | None:
+    """The shape the tensors broadcast to, or None when they do not."""
+    shapes = [v.shape for v in tensors.values() if v is not None]
     try:
-        return torch.broadcast_shapes(*shapes.values())
-    except RuntimeError as exc:
-        got = ", ".join(f"{k} {tuple(s)}" for k, s in shapes.items())
-        raise RuntimeError(f"fastloss.{fn}: shapes do not broadcast: {got}") from exc
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from . import _args, reference
 from .ops import masked_mse as masked_ops
@@ -25,6 +26,15 @@ def _warn_size_mismatch(input, target) -> None:
             f"Using a target size ({target.size()}) that is different to the input size "
             f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size.", stacklevel=3)
+
+
+def _torch(function, *args, **kwargs):
+    """A call of torch's own function, for arguments the kernels do not take; its size warning
+    was already given by ours."""
+    def call():
+        with reference._quiet():
+            return function(*args, **kwargs)
+    return call
 
 
 def _check_weight_size(fn: str, input, weight) -> None:
@@ -54,7 +64,8 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
     reduction = _args.legacy_reduction(size_average, reduce, reduction)
     _check_weight_size("mse_loss", input, weight)
     return ops.pointwise_loss(ops.MSE, input, target, weight, None, reduction, 0.0, backend,
-                              lambda: reference.mse_loss(input, target, reduction, weight))
+                              lambda: reference.mse_loss(input, target, reduction, weight),
+                              _torch(F.mse_loss, input, target, reduction=reduction, weight=weight))
 
 
 def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -68,7 +79,8 @@ def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None
     reduction = _args.legacy_reduction(size_average, reduce, reduction)
     _check_weight_size("l1_loss", input, weight)
     return ops.pointwise_loss(ops.L1, input, target, weight, None, reduction, 0.0, backend,
-                              lambda: reference.l1_loss(input, target, reduction, weight))
+                              lambda: reference.l1_loss(input, target, reduction, weight),
+                              _torch(F.l1_loss, input, target, reduction=reduction, weight=weight))
 
 
 def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -82,12 +94,13 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool
     _warn_size_mismatch(input, target)
     reduction = _args.legacy_reduction(size_average, reduce, reduction)
     beta = float(beta)
-    if beta < 0:
+    if not beta >= 0:  # NaN too, as torch
         raise RuntimeError(f"fastloss.smooth_l1_loss: beta must be >= 0 (torch: smooth_l1_loss does "
                            f"not support negative values for beta.), got {beta}")
     spec = ops.L1 if beta == 0.0 else ops.SMOOTH_L1
     return ops.pointwise_loss(spec, input, target, None, None, reduction, beta, backend,
-                              lambda: reference.smooth_l1_loss(input, target, reduction, beta))
+                              lambda: reference.smooth_l1_loss(input, target, reduction, beta),
+                              _torch(F.smooth_l1_loss, input, target, reduction=reduction, beta=beta))
 
 
 def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
@@ -105,7 +118,8 @@ def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean
                            f"support non-positive values for delta.), got {delta}")
     _check_weight_size("huber_loss", input, weight)
     return ops.pointwise_loss(ops.HUBER, input, target, weight, None, reduction, delta, backend,
-                              lambda: reference.huber_loss(input, target, reduction, delta, weight))
+                              lambda: reference.huber_loss(input, target, reduction, delta, weight),
+                              _torch(F.huber_loss, input, target, reduction=reduction, delta=delta, weight=weight))
 
 
 def binary_cross_entropy_with_logits(
@@ -126,7 +140,8 @@ def binary_cross_entropy_with_logits(
                          f"{tuple(target.shape)} (torch: Target size must be the same as input size)")
     return ops.pointwise_loss(
         ops.BCE_WITH_LOGITS, input, target, weight, pos_weight, reduction, 0.0, backend,
-        lambda: reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight))
+        lambda: reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight),
+        _torch(F.binary_cross_entropy_with_logits, input, target, weight, reduction=reduction, pos_weight=pos_weight))
 
 
 def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
@@ -167,8 +182,8 @@ def contrastive_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, m
     Hadsell, Chopra and LeCun (2006) with the now common convention: their Y is 1 - target.
 
     Args:
-        x1, x2: (N, D) embeddings, or (D,) for one pair.
-        target: (N,) (0-d for one pair).
+        x1, x2: (N, D) embeddings, (D,) for one pair, or any (..., D).
+        target: one per row: (N,), 0-d for one pair, or the leading dimensions (...).
         margin: how far dissimilar pairs are pushed (negative margins are accepted, as torch's).
         distance: "euclidean" = F.pairwise_distance(x1, x2, p=2, eps=eps) (eps added to the
             difference, as torch does), "manhattan" the same with p=1, "cosine" =
@@ -208,7 +223,9 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
         return ref()  # torch's own handling of p <= 0 and infinity
     return row_ops.row_loss("triplet_margin_loss", kind, [("anchor", anchor), ("positive", positive),
                                                           ("negative", negative)],
-                            None, reduction, margin, eps, p, swap, backend, ref)
+                            None, reduction, margin, eps, p, swap, backend, ref,
+                            _torch(F.triplet_margin_loss, anchor, positive, negative, margin=margin, p=p, eps=eps,
+                                   swap=swap, reduction=reduction))
 
 
 def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
@@ -221,4 +238,5 @@ def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: to
     return row_ops.row_loss(
         "cosine_embedding_loss", row_ops.COSINE_EMBEDDING, [("input1", input1), ("input2", input2)], target,
         reduction, margin, 0.0, 2.0, False, backend,
-        lambda: reference.cosine_embedding_loss(input1, input2, target, margin, reduction))
+        lambda: reference.cosine_embedding_loss(input1, input2, target, margin, reduction),
+        _torch(F.cosine_embedding_loss, input1, input2, target, margin=margin, reduction=reduction), max_dim=2)

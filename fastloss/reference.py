@@ -122,7 +122,7 @@ def contrastive_loss(x1, x2, target, margin=1.0, distance="euclidean", reduction
     else:
         d = 1.0 - F.cosine_similarity(x1, x2, dim=-1, eps=1e-8)
     y = target.to(d.dtype)
-    loss = 0.5 * (y * d * d + (1.0 - y) * F.relu(margin - d) ** 2)
+    loss = 0.5 * (y * d * d + (1.0 - y) * torch.clamp_min(margin - d, 0.0) ** 2)
     return reduce(loss, reduction)
 
 

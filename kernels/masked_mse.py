@@ -10,13 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .pointwise_loss import FINISH_BLOCK, _acc_of, _device_scope, _finish_kernel, _sum_inverse
+from .pointwise_loss import FINISH_BLOCK, _acc_of, _device_scope, _finish_kernel, _scalar, _sum_inverse, scalar_bits
 
 MAX_BLOCK_P = 4096
 
 
-@triton.jit
-def _masked_mse_kernel(x_ptr, t_ptr, m_ptr, g_ptr, partial_ptr, inv_ptr, p, eps,
+@triton.jit(do_not_specialize=["eps_bits"])
+def _masked_mse_kernel(x_ptr, t_ptr, m_ptr, g_ptr, partial_ptr, inv_ptr, p, eps_bits,
                        NORM: tl.constexpr, GRAD: tl.constexpr, ACC: tl.constexpr,
                        BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -45,7 +45,7 @@ def _masked_mse_kernel(x_ptr, t_ptr, m_ptr, g_ptr, partial_ptr, inv_ptr, p, eps,
                 c = tl.load(t_ptr + base + offs, mask=offs < p, other=0.0).to(ACC) - mean
                 acc += tl.where(offs < p, c * c, 0.0)
             var = tl.sum(acc, axis=0) / (pf - 1.0)
-            inv_std = 1.0 / tl.sqrt(var + tl.cast(eps, ACC))
+            inv_std = 1.0 / tl.sqrt(var + _scalar(eps_bits, ACC))
         scale = m * tl.load(inv_ptr) / pf
         acc = tl.zeros([BLOCK], dtype=ACC)
         for start in range(0, p, BLOCK):
@@ -78,7 +78,7 @@ def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
             return loss, grad
         partials = torch.empty(rows, dtype=acc_torch, device=input.device)
         block = min(MAX_BLOCK_P, triton.next_power_of_2(max(p, 1)))
-        _masked_mse_kernel[(rows,)](input, target, mask, grad, partials, inverse, p, eps,
+        _masked_mse_kernel[(rows,)](input, target, mask, grad, partials, inverse, p, scalar_bits(eps, acc_torch),
                                     NORM=norm_target, GRAD=need_grad_input, ACC=acc_tl, BLOCK=block)
         _finish_kernel[(1,)](partials, rows, loss, partials, inverse, 1, ACC=acc_tl, HAS_OUT=True,
                              HAS_INVERSE=False, DIVIDE=False, HAS_DIVISOR=True, BLOCK=FINISH_BLOCK)

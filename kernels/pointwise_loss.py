@@ -6,6 +6,7 @@ loss sum as one partial; a one-program kernel adds the partials in a fixed order
 depends only on the element count, so the same inputs give the same bits on every run.
 """
 
+import math
 import struct
 
 import torch
@@ -25,6 +26,48 @@ FINISH_BLOCK = 1024
 def _sign(d):
     # torch.sign: 0 for NaN, so L1's gradient at NaN is 0 as in torch
     return (d > 0).to(d.dtype) - (d < 0).to(d.dtype)
+
+
+def scalar_bits(value: float, acc: torch.dtype) -> int:
+    """The bits of `value` rounded to the accumulation dtype, as an int for `_scalar` to cast
+    back: exact for every value, infinities, NaN and magnitudes past float32's range included
+    (a Python float argument reaches a kernel as float32)."""
+    if acc == torch.float64:
+        return struct.unpack("<q", struct.pack("<d", value))[0]
+    try:
+        return struct.unpack("<i", struct.pack("<f", value))[0]
+    except OverflowError:  # rounds past float32's largest value: infinity, as a C cast gives
+        return struct.unpack("<i", struct.pack("<f", math.copysign(math.inf, value)))[0]
+
+
+@triton.jit
+def _scalar(bits, ACC: tl.constexpr):
+    """A scalar parameter from its scalar_bits."""
+    if ACC == tl.float64:
+        value = bits.to(tl.int64).to(tl.float64, bitcast=True)
+    else:
+        value = bits.to(tl.int32).to(tl.float32, bitcast=True)
+    return value
+
+
+@triton.jit
+def _is_one(value, ACC: tl.constexpr):
+    """value == 1, by its bits: GPU compares may treat NaN as equal to anything (fast math)."""
+    if ACC == tl.float64:
+        one = value.to(tl.int64, bitcast=True) == 0x3FF0000000000000
+    else:
+        one = value.to(tl.int32, bitcast=True) == 0x3F800000
+    return one
+
+
+@triton.jit
+def _div_rn(a, b):
+    """a / b correctly rounded: Triton's float32 division is an approximate one on GPUs."""
+    if a.dtype == tl.float32:
+        r = tl.math.div_rn(a, b)
+    else:
+        r = a / b
+    return r
 
 
 @triton.jit
@@ -61,7 +104,8 @@ def pointwise_formula(x, t, param, aux, LOSS: tl.constexpr, HAS_AUX: tl.constexp
         e = tl.exp(-tl.abs(x))
         log1p_e = _log1p_nonneg(e)
         softplus_neg = log1p_e + tl.where(x < 0, -x, 0.0)
-        sigmoid = tl.where(x < 0, e, 1.0) / (1.0 + e)
+        # correctly rounded, as on the CPU: sigmoid - t near t = 1 would magnify a 2-ulp divide
+        sigmoid = _div_rn(tl.where(x < 0, e, 1.0), 1.0 + e)
         if HAS_AUX:
             loss = (1.0 - t) * x + (1.0 + (aux - 1.0) * t) * softplus_neg
             pt = aux * t  # c again, in torch's order for the gradient (NaN for an infinite t)
@@ -86,10 +130,10 @@ def _load_operand(ptr, offs, mask, period, HAS: tl.constexpr, PERIODIC: tl.const
     return value
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["param_bits"])
 def _pointwise_loss_kernel(
     x_ptr, t_ptr, w_ptr, pw_ptr, loss_ptr, gx_ptr, gt_ptr, partial_ptr, scale_ptr,
-    n, param_hi, param_lo, w_period, pw_period,
+    n, param_bits, w_period, pw_period,
     LOSS: tl.constexpr, ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, W_PERIODIC: tl.constexpr,
     HAS_POS_WEIGHT: tl.constexpr, PW_PERIODIC: tl.constexpr, WRITE_LOSS: tl.constexpr,
     MEAN_BY_N: tl.constexpr,
@@ -101,8 +145,7 @@ def _pointwise_loss_kernel(
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
-    # param arrives as two float32 halves so that float64 losses see it to ~48 bits
-    param = tl.cast(param_hi, ACC) + tl.cast(param_lo, ACC)
+    param = _scalar(param_bits, ACC)
     aux = _load_operand(pw_ptr, offs, mask, pw_period, HAS_POS_WEIGHT, PW_PERIODIC, ACC)
     loss, d_input, d_target = pointwise_formula(x, t, param, aux, LOSS, HAS_POS_WEIGHT)
     # The gradient scale: 1/N for "mean", 1/sum(weight) (on the device) for weighted "mean".
@@ -161,7 +204,7 @@ def _finish_kernel(
 @triton.jit
 def _scale_kernel(g_ptr, go_ptr, n, ACC: tl.constexpr, BLOCK: tl.constexpr):
     factor = tl.load(go_ptr).to(ACC)
-    if factor != 1.0:  # decided on the device: the last-layer case moves no memory
+    if _is_one(factor, ACC) == 0:  # decided on the device: the last-layer case moves no memory
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -226,14 +269,12 @@ def pointwise_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tens
             return loss_out, grad_input, grad_target
         blocks = triton.cdiv(n, BLOCK)
         partials = torch.empty(blocks if reduction != NONE else 1, dtype=acc_torch, device=input.device)
-        param_hi = struct.unpack("f", struct.pack("f", param))[0]
-        param_lo = float(param - param_hi)
         w_period, pw_period = _period(input, weight), _period(input, pos_weight)
         _pointwise_loss_kernel[(blocks,)](
             input, target, weight if weight is not None else input,
             pos_weight if pos_weight is not None else input, loss_out, grad_input,
             grad_target, partials, divisor_inv if divisor_inv is not None else partials,
-            n, param_hi, param_lo, max(w_period, 1), max(pw_period, 1),
+            n, scalar_bits(param, acc_torch), max(w_period, 1), max(pw_period, 1),
             LOSS=loss, ACC=acc_tl, HAS_WEIGHT=weight is not None, W_PERIODIC=w_period > 0,
             HAS_POS_WEIGHT=pos_weight is not None, PW_PERIODIC=pw_period > 0,
             WRITE_LOSS=reduction == NONE,

@@ -7,13 +7,11 @@ gradient coefficients, pass 2 writes the gradients. Row losses go to one partial
 by one program in a fixed order: the same bits every run.
 """
 
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
-from .pointwise_loss import FINISH_BLOCK, _acc_of, _device_scope, _finish_kernel, _sign
+from .pointwise_loss import FINISH_BLOCK, _acc_of, _device_scope, _finish_kernel, _scalar, _sign, scalar_bits
 
 (CONTRASTIVE_EUCLIDEAN, CONTRASTIVE_MANHATTAN, CONTRASTIVE_COSINE, TRIPLET_L2, TRIPLET_L1,
  TRIPLET_LP, COSINE_EMBEDDING) = range(7)
@@ -38,50 +36,66 @@ def _root(s, p, NORM: tl.constexpr):
     elif NORM == 1:
         r = s
     else:
-        r = tl.where(s > 0, tl.exp(tl.log(s) / p), 0.0)
+        r = tl.exp(tl.log(s) / p)  # 0 for s = 0, NaN for NaN
     return r
 
 
 @triton.jit
-def _scale(d, p, NORM: tl.constexpr):  # 1 / d^(p-1), 0 at d = 0
+def _clamp_min0(x):  # torch.clamp_min(x, 0) and relu: NaN stays NaN
+    return tl.where(x < 0, 0.0, x)
+
+
+@triton.jit
+def _over_norm(g, d):  # torch's norm backward g / d: 0 at d = 0, NaN for NaN d (even at g = 0)
+    return tl.where(d == 0, 0.0, g / tl.where(d == 0, 1.0, d))
+
+
+@triton.jit
+def _scale(g, d, p, NORM: tl.constexpr):  # the coefficient of _direction in d norm / dv
     if NORM == 2:
-        r = tl.where(d > 0, 1.0 / tl.where(d > 0, d, 1.0), 0.0)
+        r = _over_norm(g, d)
     elif NORM == 1:
-        r = d * 0.0 + 1.0
+        r = g
     else:
-        r = tl.where(d > 0, tl.exp(-(p - 1.0) * tl.log(tl.where(d > 0, d, 1.0))), 0.0)
+        powered = tl.exp((p - 1.0) * tl.log(d))
+        r = tl.where(p < 1.0, g * tl.exp((1.0 - p) * tl.log(d)),
+                     tl.where(d == 0, 0.0, g / tl.where(d == 0, 1.0, powered)))
     return r
 
 
 @triton.jit
-def _direction(v, p, NORM: tl.constexpr):  # sign(v) |v|^(p-1)
+def _direction(v, p, NORM: tl.constexpr):  # torch's branches: p < 1, 1 < p < 2, p > 2
     if NORM == 2:
         r = v
     elif NORM == 1:
         r = _sign(v)
     else:
         av = tl.abs(v)
-        r = _sign(v) * tl.where(av > 0, tl.exp((p - 1.0) * tl.log(tl.where(av > 0, av, 1.0))), 0.0)
+        below_one = _sign(v) * tl.where(v == 0, 0.0, tl.exp((p - 1.0) * tl.log(av)))
+        below_two = _sign(v) * tl.exp((p - 1.0) * tl.log(av))
+        above_two = v * tl.exp((p - 2.0) * tl.log(av))
+        r = tl.where(p < 1.0, below_one, tl.where(p < 2.0, below_two, above_two))
     return r
 
 
 @triton.jit
-def _contrastive(d, y, margin):
-    hinge = tl.maximum(margin - d, 0.0)
-    return 0.5 * (y * d * d + (1.0 - y) * hinge * hinge), y * d - (1.0 - y) * hinge
+def _contrastive(d, y, margin):  # as csrc/formulas/row.h: torch's clamp_min, NaN included
+    gap = margin - d
+    hinge = _clamp_min0(gap)
+    return 0.5 * (y * d * d + (1.0 - y) * (hinge * hinge)), y * d - tl.where(gap > 0, (1.0 - y) * hinge, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["margin_bits", "eps_bits", "p_bits", "scale_bits"])
 def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, gc_ptr, partial_ptr,
-                     d, margin_hi, margin_lo, eps_hi, eps_lo, p_hi, p_lo, scale_hi, scale_lo,
+                     d, margin_bits, eps_bits, p_bits, scale_bits,
                      LOSS: tl.constexpr, NORM: tl.constexpr, SWAP: tl.constexpr, HAS_LABEL: tl.constexpr,
                      WRITE_LOSS: tl.constexpr, GA: tl.constexpr, GB: tl.constexpr, GC: tl.constexpr,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = row * d
-    margin = tl.cast(margin_hi, ACC) + tl.cast(margin_lo, ACC)
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    p = tl.cast(p_hi, ACC) + tl.cast(p_lo, ACC)
+    margin = _scalar(margin_bits, ACC)
+    eps = _scalar(eps_bits, ACC)
+    p = _scalar(p_bits, ACC)
     s0 = tl.zeros([BLOCK], dtype=ACC)
     s1 = tl.zeros([BLOCK], dtype=ACC)
     s2 = tl.zeros([BLOCK], dtype=ACC)
@@ -117,7 +131,7 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
     if LOSS == 0:
         dist = tl.sqrt(t0)
         loss, dl = _contrastive(dist, y, margin)
-        k0 = tl.where(dist > 0, dl / tl.where(dist > 0, dist, 1.0), 0.0)
+        k0 = _over_norm(dl, dist)
     elif LOSS == 1:
         loss, dl = _contrastive(t0, y, margin)
         k0 = dl
@@ -140,33 +154,37 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
         denom = tl.sqrt(m1 * m2)
         cos = t0 / denom
         above = cos - margin
-        loss = tl.where(y == 1.0, 1.0 - cos, tl.where(y == -1.0, tl.maximum(above, 0.0), 0.0))
+        loss = tl.where(y == 1.0, 1.0 - cos, tl.where(y == -1.0, _clamp_min0(above), 0.0))
         dcos = tl.where(y == 1.0, -1.0, tl.where((y == -1.0) & (above > 0), 1.0, 0.0))
         k0 = dcos / denom
         k1 = -dcos * cos / m1
         k2 = -dcos * cos / m2
-    else:  # triplet
+    else:  # triplet, as csrc/formulas/row.h: torch's minimum, clamp_min and norm gradients
         d_ap = _root(t0, p, NORM)
         d_an = _root(t1, p, NORM)
         d_neg = d_an
         w_an = tl.full([], 1.0, ACC)
+        w_pn = tl.zeros([], dtype=ACC)
         d_pn = tl.zeros([], dtype=ACC)
         if SWAP:
             d_pn = _root(t2, p, NORM)
-            d_neg = tl.minimum(d_an, d_pn)
-            w_an = tl.where(d_an < d_pn, 1.0, tl.where(d_an == d_pn, 0.5, 0.0))
-        hinge = d_ap - d_neg + margin
-        active = tl.where(hinge > 0, 1.0, 0.0)  # no gradient at the boundary, as torch 2.14's clamp_min
-        loss = tl.maximum(hinge, 0.0)
-        k0 = active * _scale(d_ap, p, NORM)
-        k1 = active * w_an * _scale(d_an, p, NORM)
-        k2 = active * (1.0 - w_an) * _scale(d_pn, p, NORM)
+            d_neg = tl.where((d_pn < d_an) | (d_pn != d_pn), d_pn, d_an)
+            share = tl.where(d_an == d_pn, 0.5, 1.0)
+            w_an = tl.where(d_an > d_pn, 0.0, share)
+            w_pn = tl.where(d_an < d_pn, 0.0, share)
+        hinge = margin + d_ap - d_neg
+        g = tl.where(hinge > 0, 1.0, 0.0)  # no gradient at the boundary (torch 2.14) nor for NaN
+        loss = _clamp_min0(hinge)
+        k0 = _scale(g, d_ap, p, NORM)
+        k1 = _scale(-g * w_an, d_an, p, NORM)
+        if SWAP:
+            k2 = _scale(-g * w_pn, d_pn, p, NORM)
     if WRITE_LOSS:
         tl.store(loss_ptr + row, loss.to(loss_ptr.dtype.element_ty))
     else:
         tl.store(partial_ptr + row, loss)
     if GA or GB or GC:
-        grad_scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
+        grad_scale = _scalar(scale_bits, ACC)
         k0 = k0 * grad_scale
         k1 = k1 * grad_scale
         k2 = k2 * grad_scale
@@ -191,23 +209,18 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
                 c = tl.load(c_ptr + base + offs, mask=inside, other=0.0).to(ACC)
                 g_ap = k0 * _direction(a - b + eps, p, NORM)
                 g_an = k1 * _direction(a - c + eps, p, NORM)
-                g_pn = g_ap * 0.0
+                g_pn = tl.zeros([BLOCK], dtype=ACC)
                 if SWAP:
                     g_pn = k2 * _direction(b - c + eps, p, NORM)
-                ga = g_ap - g_an
-                gb = -g_ap - g_pn
-                gc = g_an + g_pn
+                ga = g_ap + g_an
+                gb = g_pn - g_ap
+                gc = -g_an - g_pn
             if GA:
                 tl.store(ga_ptr + base + offs, ga.to(ga_ptr.dtype.element_ty), mask=inside)
             if GB:
                 tl.store(gb_ptr + base + offs, gb.to(gb_ptr.dtype.element_ty), mask=inside)
             if GC:
                 tl.store(gc_ptr + base + offs, gc.to(gc_ptr.dtype.element_ty), mask=inside)
-
-
-def _split(value: float) -> tuple[float, float]:
-    hi = struct.unpack("f", struct.pack("f", value))[0]
-    return hi, float(value - hi)
 
 
 def row_loss(a, b, c, label, loss, reduction, margin, eps, p, swap, need_grad_a, need_grad_b, need_grad_c):
@@ -227,7 +240,7 @@ def row_loss(a, b, c, label, loss, reduction, margin, eps, p, swap, need_grad_a,
         block = min(MAX_BLOCK_D, triton.next_power_of_2(max(d, 1)))
         _row_loss_kernel[(n,)](
             a, b, c if c is not None else a, label if label is not None else a, loss_out, *grads, partials,
-            d, *_split(margin), *_split(eps), *_split(p), *_split(1.0 / n if reduction == 1 else 1.0),
+            d, *(scalar_bits(v, acc_torch) for v in (margin, eps, p, 1.0 / n if reduction == 1 else 1.0)),
             LOSS=loss, NORM=norm, SWAP=bool(swap), HAS_LABEL=label is not None, WRITE_LOSS=reduction == 0,
             GA=need_grad_a, GB=need_grad_b, GC=need_grad_c and c is not None, ACC=acc_tl, BLOCK=block)
         if reduction != 0:

@@ -35,13 +35,28 @@ struct Params {
   bool swap;
 };
 
+// torch.clamp_min(x, 0) (and relu): 0 below 0, NaN kept as NaN.
+template <typename T>
+FASTLOSS_HD T clamp_min0(T x) { return select(x < T(0), T(0), x); }
+
+// torch.minimum: the smaller, NaN when either is NaN.
+template <typename T>
+FASTLOSS_HD T minimum(T a, T b) { return select(b < a || b != b, b, a); }
+
+// A norm's gradient coefficient g / d as torch's norm backward gives it: 0 where the norm is 0
+// (the subgradient), NaN where it is NaN (even for g = 0, as torch's division), 0 at infinity.
+template <typename T>
+FASTLOSS_HD T over_norm(T g, T d) { return select(d == T(0), T(0), g / d); }
+
 // 0.5 (y d^2 + (1 - y) max(0, m - d)^2) and its derivative by d (Hadsell et al. 2006, with
-// y = 1 for a similar pair).
+// y = 1 for a similar pair), as torch evaluates 0.5 * (y * d * d + (1 - y) * clamp_min(m - d, 0)
+// ** 2): the clamp passes no gradient where m - d <= 0 or is NaN.
 template <typename T>
 FASTLOSS_HD T contrastive(T d, T y, T margin, T& dloss_dd) {
-  const T hinge = select(margin - d > T(0), margin - d, T(0));
-  dloss_dd = y * d - (T(1) - y) * hinge;
-  return T(0.5) * (y * d * d + (T(1) - y) * hinge * hinge);
+  const T gap = margin - d;
+  const T hinge = clamp_min0(gap);
+  dloss_dd = y * d - select(gap > T(0), (T(1) - y) * hinge, T(0));
+  return T(0.5) * (y * d * d + (T(1) - y) * (hinge * hinge));
 }
 
 // d = || a - b + eps ||_2 (torch.pairwise_distance, p = 2).
@@ -56,7 +71,7 @@ struct ContrastiveEuclidean {
     const T d = std::sqrt(s[0]);
     T dloss_dd;
     const T loss = contrastive(d, y, q.margin, dloss_dd);
-    k[0] = select(d > T(0), dloss_dd / d, T(0));  // the norm's gradient at 0 is 0, as torch's
+    k[0] = over_norm(dloss_dd, d);
     return loss;
   }
   template <typename T>
@@ -135,35 +150,41 @@ struct ContrastiveCosine : DotAndNorms {
   }
 };
 
-// Norms of order 2, 1 or p for the triplet loss: |v|^p summed, the root, and the direction
-// G(v) with d ||v|| / dv = G(v) / ||v||^(p-1).
+// Norms of order 2, 1 or p for the triplet loss, with torch's norm backward: |v|^p summed,
+// the root, and the gradient of the norm d by v as scale(g, d) * direction(v) for an incoming
+// gradient g, in torch's branches (p < 1, 1 < p < 2, p > 2), so NaN and infinities give what
+// torch gives.
 struct NormL2 {
   template <typename T> FASTLOSS_HD static T power(T v, T) { return v * v; }
   template <typename T> FASTLOSS_HD static T root(T s, T) { return std::sqrt(s); }
-  template <typename T> FASTLOSS_HD static T scale(T d, T) { return select(d > T(0), T(1) / d, T(0)); }
+  template <typename T> FASTLOSS_HD static T scale(T g, T d, T) { return over_norm(g, d); }
   template <typename T> FASTLOSS_HD static T direction(T v, T) { return v; }
 };
 struct NormL1 {
   template <typename T> FASTLOSS_HD static T power(T v, T) { return fmath::abs(v); }
   template <typename T> FASTLOSS_HD static T root(T s, T) { return s; }
-  template <typename T> FASTLOSS_HD static T scale(T, T) { return T(1); }
+  template <typename T> FASTLOSS_HD static T scale(T g, T, T) { return g; }
   template <typename T> FASTLOSS_HD static T direction(T v, T) { return fmath::sign(v); }
 };
 struct NormLp {
   template <typename T> FASTLOSS_HD static T power(T v, T p) { return std::pow(fmath::abs(v), p); }
   template <typename T> FASTLOSS_HD static T root(T s, T p) { return std::pow(s, T(1) / p); }
-  template <typename T> FASTLOSS_HD static T scale(T d, T p) {
-    return select(d > T(0), T(1) / std::pow(d, p - T(1)), T(0));
+  template <typename T> FASTLOSS_HD static T scale(T g, T d, T p) {
+    return p < T(1) ? g * std::pow(d, T(1) - p) : select(d == T(0), T(0), g / std::pow(d, p - T(1)));
   }
   template <typename T> FASTLOSS_HD static T direction(T v, T p) {
-    return fmath::sign(v) * std::pow(fmath::abs(v), p - T(1));
+    const T a = fmath::abs(v);
+    if (p < T(1)) return fmath::sign(v) * select(v == T(0), T(0), std::pow(a, p - T(1)));
+    if (p < T(2)) return fmath::sign(v) * std::pow(a, p - T(1));
+    return v * std::pow(a, p - T(2));
   }
 };
 
-// max(d(a, p) - d(a, n) + margin, 0), d = pairwise_distance with eps; with swap, d(a, n) is
-// min(d(a, n), d(p, n)) (a tie splits the gradient in half, as torch's minimum does). The
-// clamp passes the gradient only where its argument is > 0: torch 2.14's clamp_min gives no
-// gradient at the boundary (earlier torch gave 1 there).
+// torch's triplet_margin_loss: clamp_min(margin + d(a, p) - d(a, n), 0), d = pairwise_distance
+// with eps; with swap, d(a, n) is minimum(d(a, n), d(p, n)), whose gradient goes to the
+// smaller, half to each on a tie, all to both when one is NaN. The clamp passes the gradient
+// only where its argument is > 0: torch 2.14's clamp_min gives none at the boundary (earlier
+// torch gave 1 there) and none for NaN.
 template <typename Norm>
 struct Triplet {
   template <typename T>
@@ -178,25 +199,27 @@ struct Triplet {
     T d_neg = d_an, w_an = T(1), w_pn = T(0), d_pn = T(0);
     if (q.swap) {
       d_pn = Norm::root(s[2], q.p);
-      d_neg = select(d_pn < d_an, d_pn, d_an);
-      w_an = select(d_an < d_pn, T(1), select(d_an == d_pn, T(0.5), T(0)));
-      w_pn = T(1) - w_an;
+      d_neg = minimum(d_an, d_pn);
+      const T share = select(d_an == d_pn, T(0.5), T(1));
+      w_an = select(d_an > d_pn, T(0), share);
+      w_pn = select(d_an < d_pn, T(0), share);
     }
-    const T hinge = d_ap - d_neg + q.margin;
-    const T active = select(hinge > T(0), T(1), T(0));
-    k[0] = active * Norm::scale(d_ap, q.p);
-    k[1] = active * w_an * Norm::scale(d_an, q.p);
-    k[2] = active * w_pn * Norm::scale(d_pn, q.p);
-    return select(hinge > T(0), hinge, T(0));
+    const T hinge = q.margin + d_ap - d_neg;
+    const T g = select(hinge > T(0), T(1), T(0));
+    k[0] = Norm::scale(g, d_ap, q.p);
+    k[1] = Norm::scale(-g * w_an, d_an, q.p);
+    k[2] = q.swap ? Norm::scale(-g * w_pn, d_pn, q.p) : T(0);
+    return clamp_min0(hinge);
   }
   template <typename T>
   FASTLOSS_HD static void gradient(T a, T p, T n, const T* k, const Params<T>& q, T& ga, T& gp, T& gn) {
+    // the gradients by (a - p + eps), (a - n + eps) and (p - n + eps)
     const T g_ap = k[0] * Norm::direction(a - p + q.eps, q.p);
     const T g_an = k[1] * Norm::direction(a - n + q.eps, q.p);
     const T g_pn = q.swap ? k[2] * Norm::direction(p - n + q.eps, q.p) : T(0);
-    ga = g_ap - g_an;
-    gp = -g_ap - g_pn;
-    gn = g_an + g_pn;
+    ga = g_ap + g_an;
+    gp = g_pn - g_ap;
+    gn = -g_an - g_pn;
   }
 };
 
@@ -211,7 +234,7 @@ struct CosineEmbedding : DotAndNorms {
     const T cos = s[0] / denom;
     const bool pos = y == T(1), neg = y == T(-1);
     const T above = cos - q.margin;
-    const T loss = select(pos, T(1) - cos, select(neg, select(above > T(0), above, T(0)), T(0)));
+    const T loss = select(pos, T(1) - cos, select(neg, clamp_min0(above), T(0)));
     // torch's in-place clamp passes no gradient at cos - margin == 0
     const T dloss_dcos = select(pos, T(-1), select(neg && above > T(0), T(1), T(0)));
     k[0] = dloss_dcos / denom;

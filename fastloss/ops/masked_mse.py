@@ -4,7 +4,8 @@ functional.py calls.
 Contract (csrc/ops.cpp): masked_mse_loss(input, target, mask, norm_target, eps,
 need_grad_input) -> (loss, grad_input) on (R, P) rows and an (R,) mask of input's dtype. The
 gradient of input is written in the forward pass; backward rescales it (pointwise.py's
-scale_grad_ ops), free when grad_output is 1.
+scale_grad_ ops), free when grad_output is 1. Autograd, create_graph and the torch.func
+transforms: the shared pattern of autograd.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Callable
 import torch
 
 from .. import _args, _backend
-from .pointwise import _scale_op
+from .. import reference as plain_formulas
+from .autograd import LossFamily, apply_fused_loss
+from .pointwise import rescale
 
 
 def _fake_masked_mse(input, target, mask, norm_target, eps, need_grad_input):
@@ -45,33 +48,18 @@ def _forward_op(backend: str):
     return torch.ops.fastloss.masked_mse_loss
 
 
-class MaskedMseFunction(torch.autograd.Function):
-    """Forward runs the fused row kernel (input's gradient included when needed); backward
-    rescales it. As PointwiseLossFunction: the gradient is handed over without a copy, and a
-    second backward (retain_graph=True) recomputes it."""
+def _fused(backend: str, config: tuple, needs: tuple, tensors) -> tuple[torch.Tensor, ...]:
+    return _forward_op(backend)(*tensors, *config, *needs)
 
-    @staticmethod
-    def forward(ctx, input, target, mask, norm_target, eps, backend):
-        need_grad = ctx.needs_input_grad[0]
-        loss, grad = _forward_op(backend)(input, target, mask, norm_target, eps, need_grad)
-        if need_grad:
-            ctx.save_for_backward(input, target, mask)
-        ctx.grad = grad
-        ctx.config = (norm_target, eps, backend)
-        return loss
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        norm_target, eps, backend = ctx.config
-        if ctx.grad is None:
-            input, target, mask = ctx.saved_tensors
-            _, grad = _forward_op(backend)(input, target, mask, norm_target, eps, True)
-        else:
-            grad, ctx.grad = ctx.grad, None
-        _scale_op(backend)(grad, grad_output)
-        return grad, None, None, None, None, None
+def _plain(config: tuple, tensors) -> torch.Tensor:
+    """The loss of (R, P) rows and an (R,) mask in torch ops: what create_graph and the
+    torch.func transforms differentiate."""
+    norm_target, eps = config
+    return plain_formulas.masked_mse_loss(*tensors, norm_target, eps)
+
+
+FAMILY = LossFamily("masked_mse", _fused, rescale, _plain, n_fused_grads=1)
 
 
 def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -102,4 +90,4 @@ def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     x = input.to(dtype).reshape(-1, p).contiguous()
     t = target.to(dtype).reshape(-1, p).contiguous()
     m = mask.to(dtype).reshape(-1).contiguous()
-    return MaskedMseFunction.apply(x, t, m, bool(norm_target), float(eps), chosen)
+    return apply_fused_loss(FAMILY, (bool(norm_target), float(eps)), chosen, [x, t, m])

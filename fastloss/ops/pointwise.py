@@ -5,7 +5,8 @@ Contract (csrc/ops.cpp): pointwise_loss(input, target, weight?, loss, reduction,
 need_grad_input, need_grad_target) -> (loss, grad_input, grad_target), on same-shape
 contiguous tensors of one float dtype. The gradients are written in the forward pass as if
 grad_output were 1; backward rescales them in place with scale_grad_, which moves no memory
-when grad_output is 1 (decided on the device).
+when grad_output is 1 (decided on the device). Autograd, create_graph and the torch.func
+transforms: the shared pattern of autograd.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Callable
 import torch
 
 from .. import _args, _backend
+from .. import reference as plain_formulas
+from .autograd import LossFamily, apply_fused_loss
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,26 @@ class PointwiseLoss:
     loss_id: int              # fastloss::PointwiseLoss in csrc/formulas/pointwise.h
     mean_by_weight_sum: bool  # torch's weighted "mean" divides by sum(weight) (MSE, L1), else by N
     weight_in_dtype: bool     # weight takes part in the dtype promotion (not for BCE)
+    # The dtype torch returns, where it is not the promotion of the operands: torch's Huber
+    # keeps input's dtype (promoted with a weight's), its BCE target's.
+    result_dtype: str = "promoted"
 
 
 MSE = PointwiseLoss("mse_loss", 0, mean_by_weight_sum=True, weight_in_dtype=True)
 L1 = PointwiseLoss("l1_loss", 1, mean_by_weight_sum=True, weight_in_dtype=True)
 SMOOTH_L1 = PointwiseLoss("smooth_l1_loss", 2, mean_by_weight_sum=False, weight_in_dtype=True)
-HUBER = PointwiseLoss("huber_loss", 3, mean_by_weight_sum=False, weight_in_dtype=True)
+HUBER = PointwiseLoss("huber_loss", 3, mean_by_weight_sum=False, weight_in_dtype=True, result_dtype="input")
 BCE_WITH_LOGITS = PointwiseLoss("binary_cross_entropy_with_logits", 4, mean_by_weight_sum=False,
-                                weight_in_dtype=False)
+                                weight_in_dtype=False, result_dtype="target")
+
+
+def _result_dtype(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor | None, promoted: torch.dtype) -> torch.dtype:
+    if spec.result_dtype == "input":
+        return input.dtype if weight is None else torch.promote_types(input.dtype, weight.dtype)
+    if spec.result_dtype == "target":
+        return target.dtype
+    return promoted
 
 
 def _fake_pointwise_loss(input, target, weight, pos_weight, loss, reduction, param,
@@ -92,44 +107,36 @@ def _scale_op(backend: str):
     return torch.ops.fastloss.scale_grad_
 
 
-class PointwiseLossFunction(torch.autograd.Function):
-    """Forward runs the fused op (gradients included when needed); backward rescales them.
+def rescale(backend: str, grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """grad *= grad_output in place (free when a 0-d grad_output is 1): every family's backward."""
+    _scale_op(backend)(grad, grad_output)
 
-    The gradients are held on ctx rather than saved: backward hands them to autograd and drops
-    its own reference, so autograd can keep them as .grad without a copy. A second backward
-    through the same graph (retain_graph=True) finds them gone and recomputes them from the
-    saved inputs.
-    """
 
-    @staticmethod
-    def forward(ctx, input, target, weight, pos_weight, config, backend):
-        need_gi, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss, grad_input, grad_target = _forward_op(backend)(
-            input, target, weight, pos_weight, *config, need_gi, need_gt)
-        if need_gi or need_gt:
-            ctx.save_for_backward(input, target, weight, pos_weight)
-        ctx.grads = (grad_input, grad_target)
-        ctx.config = (config, backend)
-        return loss
+def _fused(backend: str, config: tuple, needs: tuple, tensors) -> tuple[torch.Tensor, ...]:
+    return _forward_op(backend)(*tensors, *config, *needs)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        need_gi, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        config, backend = ctx.config
-        if ctx.grads is None:  # an earlier backward consumed them: recompute
-            input, target, weight, pos_weight = ctx.saved_tensors
-            _, grad_input, grad_target = _forward_op(backend)(
-                input, target, weight, pos_weight, *config, need_gi, need_gt)
-        else:
-            grad_input, grad_target = ctx.grads
-            ctx.grads = None
-        scale = _scale_op(backend)
-        if need_gi:
-            scale(grad_input, grad_output)
-        if need_gt:
-            scale(grad_target, grad_output)
-        return (grad_input if need_gi else None, grad_target if need_gt else None,
-                None, None, None, None)
+
+REDUCTION_NAMES = {v: k for k, v in _args.REDUCTIONS.items()}
+
+
+def _plain(config: tuple, tensors) -> torch.Tensor:
+    """The loss of the kernel's operands (same shape, one dtype; weight and pos_weight
+    broadcast) in torch ops: what create_graph and the torch.func transforms differentiate."""
+    loss_id, reduction_id, param, _ = config
+    x, t, w, pw = tensors
+    reduction = REDUCTION_NAMES[reduction_id]
+    if loss_id == MSE.loss_id:
+        return plain_formulas.mse_loss(x, t, reduction, w)
+    if loss_id == L1.loss_id:
+        return plain_formulas.l1_loss(x, t, reduction, w)
+    if loss_id == SMOOTH_L1.loss_id:
+        return plain_formulas.smooth_l1_loss(x, t, reduction, param)
+    if loss_id == HUBER.loss_id:
+        return plain_formulas.huber_loss(x, t, reduction, param, w)
+    return plain_formulas.binary_cross_entropy_with_logits(x, t, w, reduction, pw)
+
+
+FAMILY = LossFamily("pointwise", _fused, rescale, _plain, n_fused_grads=2)
 
 
 def _operand(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -148,12 +155,13 @@ def _operand(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Te
 
 def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tensor,
                    weight: torch.Tensor | None, pos_weight: torch.Tensor | None, reduction: str,
-                   param: float, backend: str | None,
-                   reference: Callable[[], torch.Tensor]) -> torch.Tensor:
+                   param: float, backend: str | None, reference: Callable[[], torch.Tensor],
+                   torch_function: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Checks, broadcasts and casts as torch does, then runs the loss on the chosen backend.
 
     `reference` computes the same loss with the plain formula (for the "torch" backend and
-    the cases the kernels do not fuse).
+    the cases the kernels do not fuse); `torch_function` is torch's own function, for operands
+    the kernels do not take (integer, bool or complex): its result, or its error, is torch's.
     """
     fn = spec.name
     _args.check_tensor(fn, "input", input)
@@ -163,17 +171,30 @@ def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tenso
             _args.check_tensor(fn, name, t)
     reduction_id = _args.check_reduction(fn, reduction)
     _args.check_same_device(fn, "input", input, target=target, weight=weight, pos_weight=pos_weight)
+    if not (weight is not None and spec.mean_by_weight_sum):  # torch's weighted MSE and L1 are
+        # plain Python arithmetic, which autocast leaves in the half type
+        cast = _args.autocast_float32(input.device, input, target, weight, pos_weight)
+        if cast[0] is not input or cast[1] is not target:
+            reference = torch_function  # torch's own function, under autocast as torch's
+            input, target, weight, pos_weight = cast
     # The common call (same shape, same float dtype) skips the general promotion and
     # broadcasting rules, which cost more host time than a small kernel.
     shape, dtype = input.shape, input.dtype
+    result_dtype = dtype
     same = target.shape == shape and target.dtype == dtype and (
         weight is None or (weight.shape == shape and weight.dtype == dtype)) and pos_weight is None
     if not same or dtype not in _args.KERNEL_DTYPES:
+        operands = {"input": input, "target": target, "weight": weight, "pos_weight": pos_weight}
+        if not _args.kernel_dtypes(*operands.values()):
+            return _args.run_torch(fn, torch_function, **operands)
         promoted = {"input": input, "target": target}
         if spec.weight_in_dtype:
             promoted["weight"] = weight
         dtype = _args.result_dtype(fn, **promoted)
+        result_dtype = _result_dtype(spec, input, target, weight, dtype)
         shape = _args.broadcast_shape(fn, input=input, target=target, weight=weight, pos_weight=pos_weight)
+        if shape is None:  # torch's error, in torch's words
+            return _args.run_torch(fn, torch_function, **operands)
     chosen = _backend.resolve(backend, input.device)
 
     # The plain formula serves the "torch" backend, a weight or pos_weight that needs its own
@@ -194,4 +215,5 @@ def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tenso
     for t in (weight, pos_weight):
         operands.append(None if t is None else _operand(t.detach(), shape, dtype))
     config = (spec.loss_id, reduction_id, float(param), spec.mean_by_weight_sum)
-    return PointwiseLossFunction.apply(*operands, config, chosen)
+    out = apply_fused_loss(FAMILY, config, chosen, operands)
+    return out if result_dtype == dtype else out.to(result_dtype)

@@ -1,0 +1,182 @@
+"""The autograd pattern every loss family shares: the fused kernel for ordinary training, the
+plain formula for everything else autograd can ask of a loss.
+
+A family (pointwise, masked MSE, row losses, and the ones to come) describes its fused op with
+a `LossFamily`: how to run the kernel of a backend, which returns the loss and - for the
+leading `n_fused_grads` tensors that need them - their gradients as if grad_output were 1; how
+to rescale such a gradient by grad_output in place; and the same loss as a plain torch formula
+(fastloss/reference.py) on the same tensors. `apply_fused_loss` then runs it under one
+autograd.Function, which answers each request of autograd this way:
+
+- Ordinary training (backward without create_graph): the gradients come from the forward pass.
+  Backward rescales them in place (free when grad_output is 1) and hands them to autograd
+  without a copy; a second backward through the same graph (retain_graph=True) reruns the
+  kernel for them. This path is exactly as fast as the kernel alone.
+- A differentiable backward (create_graph=True: double backward, MAML, gradient penalties,
+  Hessian-vector products) and backward inside any torch.func transform (grad, vjp, jacrev):
+  backward differentiates the plain formula with torch.func.vjp, so the gradient it returns
+  is itself differentiable, to any order, and equals torch's.
+- Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad): the jvp rule is the
+  transpose of that vjp (a vjp of the vjp, which is linear in its cotangent); it needs no
+  nested forward-mode level, which forward_ad does not support.
+- vmap (per-sample losses and gradients): the vmap rule runs the plain formula, vmapped.
+
+Three autograd.Functions share these rules: `FusedLoss` for eager calls (with the jvp rule),
+`FusedLossCompiled` for torch.compile (dynamo traces no custom jvp), `FusedLossTransforms`
+inside torch.func transforms (setup_context style, with the vmap rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+Tensors = Sequence[torch.Tensor | None]
+
+
+@dataclass(frozen=True, eq=False)
+class LossFamily:
+    """One fused op family, as the shared autograd Function sees it.
+
+    fused(backend, config, needs, tensors) -> (loss, grad_0, ..., grad_{k-1}): the kernel; grad_i
+        is the gradient of tensors[i] as if grad_output were 1 where needs[i], else empty.
+    rescale(backend, grad, grad_output): grad *= grad_output in place (grad_output of the
+        loss's shape: 0-d, or the unreduced shape for reduction "none").
+    plain(config, tensors) -> loss: the same loss in torch ops, differentiable in every tensor.
+    n_fused_grads: k, how many leading tensors the kernel differentiates.
+    """
+
+    name: str
+    fused: Callable[[str, tuple, tuple, Tensors], tuple[torch.Tensor, ...]]
+    rescale: Callable[[str, torch.Tensor, torch.Tensor], None]
+    plain: Callable[[tuple, Tensors], torch.Tensor]
+    n_fused_grads: int
+
+
+N_META_ARGS = 4  # family, config, backend, needs: the arguments before the tensors
+
+
+def _transforms_active() -> bool:
+    return torch._C._are_functorch_transforms_active()
+
+
+def _plain_of(family: LossFamily, config: tuple, tensors: Tensors, index: Sequence[int]):
+    """The plain formula as a function of tensors[i] for i in index, the others held fixed."""
+    def loss_of(*chosen):
+        full = list(tensors)
+        for i, t in zip(index, chosen):
+            full[i] = t
+        return family.plain(config, full)
+    return loss_of
+
+
+def _plain_vjp(family: LossFamily, config: tuple, tensors: Tensors, wanted: Sequence[bool],
+               cotangent: torch.Tensor) -> list[torch.Tensor | None]:
+    """The gradients of the plain formula for the tensors in `wanted`, differentiable."""
+    index = [i for i, w in enumerate(wanted) if w and tensors[i] is not None]
+    if not index:
+        return [None] * len(tensors)
+    _, vjp_fn = torch.func.vjp(_plain_of(family, config, tensors, index), *(tensors[i] for i in index))
+    grads = vjp_fn(cotangent)
+    result: list[torch.Tensor | None] = [None] * len(tensors)
+    for i, g in zip(index, grads):
+        result[i] = g
+    return result
+
+
+def _setup(ctx, family, config, backend, needs, tensors, grads) -> None:
+    ctx.family, ctx.config, ctx.backend, ctx.computed = family, config, backend, needs
+    if any(needs) or _transforms_active():  # backward can run only then (else it is never reached)
+        ctx.save_for_backward(*tensors)
+    ctx.tensors = tensors  # for the jvp rule: forward-mode AD has no backward to save for
+    # Held, not saved: backward hands them to autograd, which keeps them as .grad uncopied.
+    ctx.grads = grads
+
+
+def _backward(ctx, grad_loss):
+    family, config, backend = ctx.family, ctx.config, ctx.backend
+    wanted = ctx.needs_input_grad[N_META_ARGS:]
+    if torch.is_grad_enabled() or _transforms_active():
+        return (None,) * N_META_ARGS + tuple(_plain_vjp(family, config, ctx.saved_tensors, wanted, grad_loss))
+    k = family.n_fused_grads
+    grads, ctx.grads = ctx.grads, None
+    if grads is None or (wanted[:k] != ctx.computed and any(w and not c for w, c in zip(wanted, ctx.computed))):
+        # consumed by an earlier backward (retain_graph=True), or not computed in the forward
+        _, *grads = family.fused(backend, config, tuple(wanted[:k]), ctx.saved_tensors)
+    result = [None] * (N_META_ARGS + len(wanted))
+    for i in range(k):
+        if wanted[i]:
+            family.rescale(backend, grads[i], grad_loss)
+            result[N_META_ARGS + i] = grads[i]
+    return tuple(result)
+
+
+def _jvp(ctx, _family, _config, _backend, _needs, *tangents):
+    family, config = ctx.family, ctx.config
+    tensors = ctx.tensors
+    index = [i for i, t in enumerate(tangents) if t is not None]
+    if not index:
+        return None
+    loss, vjp_fn = torch.func.vjp(_plain_of(family, config, tensors, index), *(tensors[i] for i in index))
+    # vjp_fn is linear in its cotangent u: the vjp of u -> vjp_fn(u) is the jvp.
+    _, transpose = torch.func.vjp(vjp_fn, torch.zeros_like(loss))
+    (tangent,) = transpose(tuple(tangents[i] for i in index))
+    return tangent
+
+
+class FusedLossCompiled(torch.autograd.Function):
+    """What torch.compile traces: forward and backward (dynamo does not trace a custom jvp)."""
+
+    @staticmethod
+    def forward(ctx, family: LossFamily, config: tuple, backend: str, needs: tuple, *tensors):
+        loss, *grads = family.fused(backend, config, needs, tensors)
+        _setup(ctx, family, config, backend, needs, tensors, grads)
+        return loss
+
+    backward = staticmethod(_backward)
+
+
+class FusedLoss(FusedLossCompiled):
+    """Eager calls outside torch.func transforms, forward-mode AD included. (ctx-style: a
+    setup_context Function costs about 8 us more per call, in signature binding.)"""
+
+    jvp = staticmethod(_jvp)
+
+
+class FusedLossTransforms(torch.autograd.Function):
+    """Calls inside torch.func transforms, which need setup_context and the vmap rule."""
+
+    @staticmethod
+    def forward(family: LossFamily, config: tuple, backend: str, needs: tuple, *tensors):
+        return family.fused(backend, config, needs, tensors)[0]  # no gradients: needs is all False
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        family, config, backend, needs, *tensors = inputs
+        _setup(ctx, family, config, backend, needs, tensors, None)
+
+    backward = staticmethod(_backward)
+    jvp = staticmethod(_jvp)
+
+    @staticmethod
+    def vmap(info, in_dims, family, config, backend, needs, *tensors):
+        loss = torch.vmap(lambda *ts: family.plain(config, ts), in_dims=tuple(in_dims[N_META_ARGS:]),
+                          randomness=info.randomness)(*tensors)
+        return loss, 0
+
+
+def apply_fused_loss(family: LossFamily, config: tuple, backend: str, tensors: Tensors) -> torch.Tensor:
+    """The loss of `tensors` by the fused kernel of `backend`, with full autograd support."""
+    # Gradients are computed in the forward only where ordinary backward will use them: not
+    # under a torch.func transform, whose backward differentiates the plain formula.
+    if _transforms_active():
+        function, needs = FusedLossTransforms, (False,) * family.n_fused_grads
+    else:
+        function = FusedLossCompiled if torch.compiler.is_compiling() else FusedLoss
+        if torch.is_grad_enabled():
+            needs = tuple(t is not None and t.requires_grad for t in tensors[:family.n_fused_grads])
+        else:
+            needs = (False,) * family.n_fused_grads
+    return function.apply(family, config, backend, needs, *tensors)

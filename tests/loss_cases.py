@@ -1,0 +1,180 @@
+"""Every fastloss loss beside an independent oracle, for the autograd and NaN tests.
+
+The oracle is torch's own function where torch has the loss; for the losses torch lacks it is
+the formula written here from its source: Hadsell, Chopra and LeCun (2006) for the contrastive
+loss (with torch's pairwise_distance and cosine_similarity conventions), MAE's forward_loss
+(He et al. 2022, norm_pix_loss) for the masked patch MSE. Nothing here calls
+fastloss.reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import fastloss
+
+
+def contrastive_oracle(x1, x2, y, margin=1.0, distance="euclidean", reduction="mean", eps=1e-6):
+    """0.5 (y d^2 + (1 - y) max(0, margin - d)^2), y = 1 similar (their Y = 1 - y)."""
+    if distance == "euclidean":
+        d = torch.linalg.vector_norm(x1 - x2 + eps, ord=2, dim=-1)
+    elif distance == "manhattan":
+        d = torch.linalg.vector_norm(x1 - x2 + eps, ord=1, dim=-1)
+    else:
+        d = 1 - F.cosine_similarity(x1, x2, dim=-1, eps=1e-8)
+    y = y.to(d.dtype)
+    loss = 0.5 * (y * d * d + (1 - y) * torch.clamp_min(margin - d, 0) ** 2)
+    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
+
+
+def mae_patch_loss(pred, target, mask, norm_pix_loss=False, eps=1e-6):
+    """MAE's forward_loss: per-patch normalised target (unbiased variance), mean over the patch
+    of the squared error, averaged over the patches where mask is 1 (weighted by a float mask)."""
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + eps) ** 0.5
+    loss = ((pred - target) ** 2).mean(dim=-1)
+    mask = mask.to(loss.dtype)
+    return (loss * mask).sum() / mask.sum()
+
+
+@dataclass
+class Case:
+    """A loss call on `n_tensors` differentiable tensors of one shape (plus fixed extras)."""
+
+    name: str
+    fast: Callable  # (*tensors, backend=...) -> loss
+    oracle: Callable  # (*tensors) -> loss, in torch ops
+    n_tensors: int
+    shape: tuple = (4, 6)
+    make: Callable | None = None  # (shape, dtype, generator) -> tensors, when not plain normals
+    kinks: tuple = ()  # |differences| the inputs keep away from (finite differences)
+    extras: dict = field(default_factory=dict)
+
+
+def _normal(shape, dtype, gen, n):
+    return [torch.randn(shape, dtype=torch.float64, generator=gen).to(dtype) for _ in range(n)]
+
+
+def _away_from(values, kinks, offset=0.15):
+    """Moves input's entries so that input - target stays clear of the loss's kinks."""
+    x, t = values[0], values[1]
+    for k in kinks:
+        close = ((x - t).abs() - k).abs() < 0.05
+        x = torch.where(close, x + offset, x)
+    return [x, t, *values[2:]]
+
+
+def _bce_inputs(shape, dtype, gen):
+    x, t = _normal(shape, dtype, gen, 2)
+    return [x, torch.sigmoid(t)]
+
+
+def _fixed(shape, dtype, low, high, period=7):
+    """Deterministic values in [low, high] (no random numbers: these are built inside vmap)."""
+    n = 1
+    for d in shape:
+        n *= d
+    steps = (torch.arange(n, dtype=torch.float64) * 3) % period / (period - 1)
+    return (low + (high - low) * steps).reshape(shape).to(dtype)
+
+
+def pointwise_cases(reduction: str) -> list[Case]:
+    def weight(shape, dtype):
+        return _fixed(shape, dtype, 0.25, 1.25)
+
+    def pw(shape, dtype):
+        return _fixed(shape[-1:], dtype, 0.2, 2.2, period=5)
+
+    return [
+        Case("mse", lambda x, t, **k: fastloss.mse_loss(x, t, reduction=reduction, **k),
+             lambda x, t: F.mse_loss(x, t, reduction=reduction), 2),
+        Case("mse-weighted", lambda x, t, **k: fastloss.mse_loss(x, t, reduction=reduction, weight=weight(x.shape, x.dtype), **k),
+             lambda x, t: F.mse_loss(x, t, reduction=reduction, weight=weight(x.shape, x.dtype)), 2),
+        Case("l1", lambda x, t, **k: fastloss.l1_loss(x, t, reduction=reduction, **k),
+             lambda x, t: F.l1_loss(x, t, reduction=reduction), 2, kinks=(0.0,)),
+        Case("smooth_l1", lambda x, t, **k: fastloss.smooth_l1_loss(x, t, reduction=reduction, beta=0.5, **k),
+             lambda x, t: F.smooth_l1_loss(x, t, reduction=reduction, beta=0.5), 2, kinks=(0.5,)),
+        Case("huber-weighted", lambda x, t, **k: fastloss.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x.shape, x.dtype), **k),
+             lambda x, t: F.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x.shape, x.dtype)), 2, kinks=(0.8,)),
+        Case("bce", lambda x, t, **k: fastloss.binary_cross_entropy_with_logits(x, t, reduction=reduction, **k),
+             lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), 2, make=_bce_inputs),
+        Case("bce-pos_weight", lambda x, t, **k: fastloss.binary_cross_entropy_with_logits(
+            x, t, weight=weight(x.shape, x.dtype), pos_weight=pw(x.shape, x.dtype), reduction=reduction, **k),
+             lambda x, t: F.binary_cross_entropy_with_logits(
+            x, t, weight=weight(x.shape, x.dtype), pos_weight=pw(x.shape, x.dtype), reduction=reduction), 2,
+             make=_bce_inputs),
+    ]
+
+
+def _labels(n):
+    return _fixed((n,), torch.float64, 0.0, 1.0, period=5)
+
+
+def _cos_targets(n):
+    return torch.tensor([1.0, -1.0, 0.0, -1.0, 1.0, 2.0, -1.0, 1.0])[:n].to(torch.float64)
+
+
+def row_cases(reduction: str) -> list[Case]:
+    cases = []
+    for distance, margin in (("euclidean", 3.0), ("manhattan", 8.0), ("cosine", 0.9)):
+        cases.append(Case(
+            f"contrastive-{distance}",
+            lambda a, b, distance=distance, margin=margin, **k: fastloss.contrastive_loss(
+                a, b, _labels(a.shape[0]).to(a.dtype), margin, distance, reduction, **k),
+            lambda a, b, distance=distance, margin=margin: contrastive_oracle(
+                a, b, _labels(a.shape[0]).to(a.dtype), margin, distance, reduction), 2))
+    for p, swap in ((2.0, False), (1.0, True), (3.0, True)):
+        cases.append(Case(
+            f"triplet-p{p:g}{'-swap' if swap else ''}",
+            lambda a, pos, neg, p=p, swap=swap, **k: fastloss.triplet_margin_loss(
+                a, pos, neg, margin=2.0, p=p, swap=swap, reduction=reduction, **k),
+            lambda a, pos, neg, p=p, swap=swap: F.triplet_margin_loss(
+                a, pos, neg, margin=2.0, p=p, swap=swap, reduction=reduction), 3))
+    cases.append(Case(
+        "cosine_embedding",
+        lambda a, b, **k: fastloss.cosine_embedding_loss(a, b, _cos_targets(a.shape[0]).to(a.dtype), margin=-0.9,
+                                                         reduction=reduction, **k),
+        lambda a, b: F.cosine_embedding_loss(a, b, _cos_targets(a.shape[0]).to(a.dtype), margin=-0.9,
+                                             reduction=reduction), 2))
+    return cases
+
+
+def _mask(shape):
+    mask = _fixed(shape[:-1], torch.float64, 0.0, 1.5, period=4)
+    return torch.where(mask > 1.4, 0.0, mask + 0.1)  # a few patches not counted
+
+
+def _patches(shape, dtype):
+    return _fixed(shape, dtype, -1.5, 2.5, period=11)
+
+
+def masked_cases() -> list[Case]:
+    return [
+        # the target fixed: the fused kernel's own path (a target that requires grad takes the
+        # plain formula)
+        Case("masked_mse-input", lambda x, **k: fastloss.masked_mse_loss(
+            x, _patches(x.shape, x.dtype), _mask(x.shape).to(x.dtype), norm_target=True, **k),
+             lambda x: mae_patch_loss(x, _patches(x.shape, x.dtype), _mask(x.shape).to(x.dtype), norm_pix_loss=True),
+             1, shape=(2, 3, 5)),
+        Case("masked_mse", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x.shape).to(x.dtype), **k),
+             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype)), 2, shape=(2, 3, 5)),
+        Case("masked_mse-norm", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x.shape).to(x.dtype),
+                                                                            norm_target=True, **k),
+             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype), norm_pix_loss=True), 2, shape=(2, 3, 5)),
+    ]
+
+
+def inputs(case: Case, dtype=torch.float64, seed=0, shape=None):
+    """Fresh inputs of the case (requires_grad), clear of its kinks."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = shape or case.shape
+    values = case.make(shape, dtype, gen) if case.make else _normal(shape, dtype, gen, case.n_tensors)
+    if case.kinks:
+        values = _away_from(values, case.kinks)
+    return [v.detach().clone().requires_grad_() for v in values]
