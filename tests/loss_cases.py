@@ -54,6 +54,7 @@ class Case:
     shape: tuple = (4, 6)
     make: Callable | None = None  # (shape, dtype, generator) -> tensors, when not plain normals
     kinks: tuple = ()  # |differences| the inputs keep away from (finite differences)
+    fused: bool = True  # whether the fused kernel serves every differentiable argument
     extras: dict = field(default_factory=dict)
 
 
@@ -68,6 +69,11 @@ def _away_from(values, kinks, offset=0.15):
         close = ((x - t).abs() - k).abs() < 0.05
         x = torch.where(close, x + offset, x)
     return [x, t, *values[2:]]
+
+
+def _weighted_inputs(shape, dtype, gen):
+    x, t, w = _normal(shape, dtype, gen, 3)
+    return [x, t, w.abs() + 0.25]
 
 
 def _bce_inputs(shape, dtype, gen):
@@ -102,6 +108,16 @@ def pointwise_cases(reduction: str) -> list[Case]:
              lambda x, t: F.smooth_l1_loss(x, t, reduction=reduction, beta=0.5), 2, kinks=(0.5,)),
         Case("huber-weighted", lambda x, t, **k: fastloss.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x.shape, x.dtype), **k),
              lambda x, t: F.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x.shape, x.dtype)), 2, kinks=(0.8,)),
+        # the weight as a third differentiable argument (the plain formula's path)
+        Case("mse-weight-grad", lambda x, t, w, **k: fastloss.mse_loss(x, t, reduction=reduction, weight=w, **k),
+             lambda x, t, w: F.mse_loss(x, t, reduction=reduction, weight=w), 3, make=_weighted_inputs, fused=False),
+        Case("l1-weight-grad", lambda x, t, w, **k: fastloss.l1_loss(x, t, reduction=reduction, weight=w, **k),
+             lambda x, t, w: F.l1_loss(x, t, reduction=reduction, weight=w), 3, make=_weighted_inputs, kinks=(0.0,),
+             fused=False),
+        Case("huber-weight-grad", lambda x, t, w, **k: fastloss.huber_loss(x, t, reduction=reduction, delta=0.8,
+                                                                            weight=w, **k),
+             lambda x, t, w: F.huber_loss(x, t, reduction=reduction, delta=0.8, weight=w), 3, make=_weighted_inputs,
+             kinks=(0.8,), fused=False),
         Case("bce", lambda x, t, **k: fastloss.binary_cross_entropy_with_logits(x, t, reduction=reduction, **k),
              lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), 2, make=_bce_inputs),
         Case("bce-pos_weight", lambda x, t, **k: fastloss.binary_cross_entropy_with_logits(
@@ -114,6 +130,11 @@ def pointwise_cases(reduction: str) -> list[Case]:
 
 def _labels(n):
     return _fixed((n,), torch.float64, 0.0, 1.0, period=5)
+
+
+def _soft_label_inputs(shape, dtype, gen):
+    a, b = _normal(shape, dtype, gen, 2)
+    return [a, b, torch.rand(shape[:-1], dtype=torch.float64, generator=gen).to(dtype)]
 
 
 def _cos_targets(n):
@@ -129,6 +150,11 @@ def row_cases(reduction: str) -> list[Case]:
                 a, b, _labels(a.shape[0]).to(a.dtype), margin, distance, reduction, **k),
             lambda a, b, distance=distance, margin=margin: contrastive_oracle(
                 a, b, _labels(a.shape[0]).to(a.dtype), margin, distance, reduction), 2))
+    cases.append(Case(  # a soft label as a third differentiable argument (the plain formula's path)
+        "contrastive-label-grad",
+        lambda a, b, y, **k: fastloss.contrastive_loss(a, b, y, 3.0, "euclidean", reduction, **k),
+        lambda a, b, y: contrastive_oracle(a, b, y, 3.0, "euclidean", reduction), 3, make=_soft_label_inputs,
+        fused=False))
     for p, swap in ((2.0, False), (1.0, True), (3.0, True)):
         cases.append(Case(
             f"triplet-p{p:g}{'-swap' if swap else ''}",
@@ -154,6 +180,13 @@ def _patches(shape, dtype):
     return _fixed(shape, dtype, -1.5, 2.5, period=11)
 
 
+def _masked_inputs(shape, dtype, gen):
+    """Patches, targets and a float mask in [0.5, 1.5] (differentiable too)."""
+    x, t = _normal(shape, dtype, gen, 2)
+    m = torch.rand(shape[:-1], dtype=torch.float64, generator=gen).to(dtype) + 0.5
+    return [x, t, m]
+
+
 def masked_cases() -> list[Case]:
     return [
         # the target fixed: the fused kernel's own path (a target that requires grad takes the
@@ -162,11 +195,15 @@ def masked_cases() -> list[Case]:
             x, _patches(x.shape, x.dtype), _mask(x.shape).to(x.dtype), norm_target=True, **k),
              lambda x: mae_patch_loss(x, _patches(x.shape, x.dtype), _mask(x.shape).to(x.dtype), norm_pix_loss=True),
              1, shape=(2, 3, 5)),
+        Case("masked_mse-mask", lambda x, t, m, **k: fastloss.masked_mse_loss(x, t, m, norm_target=True, **k),
+             lambda x, t, m: mae_patch_loss(x, t, m, norm_pix_loss=True), 3, shape=(2, 3, 5), make=_masked_inputs,
+             fused=False),
         Case("masked_mse", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x.shape).to(x.dtype), **k),
-             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype)), 2, shape=(2, 3, 5)),
+             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype)), 2, shape=(2, 3, 5), fused=False),
         Case("masked_mse-norm", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x.shape).to(x.dtype),
                                                                             norm_target=True, **k),
-             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype), norm_pix_loss=True), 2, shape=(2, 3, 5)),
+             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype), norm_pix_loss=True), 2, shape=(2, 3, 5),
+             fused=False),
     ]
 
 

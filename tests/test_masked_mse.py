@@ -74,6 +74,21 @@ def test_norm_target_on_constant_patches(backend_device):
 
 
 @pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("eps", [1e-6, 3e-7])
+def test_norm_target_eps_is_exact_in_float64(backend_device, eps):
+    """Patches whose variance is of the order of eps: a float64 loss must see eps to float64
+    precision (rounded to float32 on its way into a kernel it moves the loss by about 1e-8)."""
+    backend, device = backend_device
+    x = random((2, 3, 8), torch.float64, device, requires_grad=True)
+    t = (torch.arange(8, dtype=torch.float64, device=device) - 3.5).expand(2, 3, 8) * 1e-3 + 0.25
+    mask = torch.ones(2, 3, dtype=torch.float64, device=device)
+    loss = fastloss.masked_mse_loss(x, t, mask, norm_target=True, eps=eps, backend=backend)
+    normalised = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + eps) ** 0.5
+    expected = ((x.detach() - normalised) ** 2).mean(-1).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
 def test_masked_out_patches_are_not_read(backend_device):
     backend, device = backend_device
     if backend == "torch":

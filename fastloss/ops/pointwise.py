@@ -213,7 +213,9 @@ def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tenso
             t = t.expand(shape)
         operands.append(t.to(dtype).contiguous())
     for t in (weight, pos_weight):
-        operands.append(None if t is None else _operand(t.detach(), shape, dtype))
+        # not detached: a forward-mode tangent of a weight reaches the jvp rule (one requiring
+        # grad took the plain formula above)
+        operands.append(None if t is None else _operand(t, shape, dtype))
     config = (spec.loss_id, reduction_id, float(param), spec.mean_by_weight_sum)
     out = apply_fused_loss(FAMILY, config, chosen, operands)
     return out if result_dtype == dtype else out.to(result_dtype)

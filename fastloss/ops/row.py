@@ -133,7 +133,7 @@ def row_loss(fn: str, loss: int, rows: list[tuple[str, torch.Tensor]], label: to
         return reference()
     d = first.shape[-1]
     tensors = [t.to(dtype).reshape(-1, d).contiguous() for _, t in rows]
-    lab = None if label is None else label.detach().to(dtype).reshape(-1).contiguous()
+    lab = None if label is None else label.to(dtype).reshape(-1).contiguous()  # its tangent reaches jvp
     while len(tensors) < 3:
         tensors.append(None)
     config = (loss, reduction_id, float(margin), float(eps), float(p), bool(swap))
