@@ -57,8 +57,9 @@ def _with_specials(values, seed):
     gen = torch.Generator().manual_seed(seed)
     values = [v.detach().clone() for v in values]
     rows = values[0].reshape(-1, values[0].shape[-1]).shape[0]
+    rowwise = [i for i, v in enumerate(values) if v.shape == values[0].shape]  # not a label
     for r in range(1, rows):
-        k = int(torch.randint(0, len(values), (1,), generator=gen))
+        k = rowwise[int(torch.randint(0, len(rowwise), (1,), generator=gen))]
         col = int(torch.randint(0, values[0].shape[-1], (1,), generator=gen))
         values[k].view(-1, values[k].shape[-1])[r, col] = SPECIALS[(r + seed) % 3]
     return values
