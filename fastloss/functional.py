@@ -29,12 +29,11 @@ def _warn_size_mismatch(input, target) -> None:
 
 
 def _torch(function, *args, **kwargs):
-    """A call of torch's own function, for arguments the kernels do not take; its size warning
-    was already given by ours."""
-    def call():
-        with reference._quiet():
-            return function(*args, **kwargs)
-    return call
+    """torch's own function, for arguments the kernels do not take (its size warning was
+    already given by ours). Wrapped in a lambda at each call site, so building it costs nothing
+    on the kernels' path."""
+    with reference._quiet():
+        return function(*args, **kwargs)
 
 
 def _check_weight_size(fn: str, input, weight) -> None:
@@ -65,7 +64,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
     _check_weight_size("mse_loss", input, weight)
     return ops.pointwise_loss(ops.MSE, input, target, weight, None, reduction, 0.0, backend,
                               lambda: reference.mse_loss(input, target, reduction, weight),
-                              _torch(F.mse_loss, input, target, reduction=reduction, weight=weight))
+                              lambda: _torch(F.mse_loss, input, target, reduction=reduction, weight=weight))
 
 
 def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -80,7 +79,7 @@ def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None
     _check_weight_size("l1_loss", input, weight)
     return ops.pointwise_loss(ops.L1, input, target, weight, None, reduction, 0.0, backend,
                               lambda: reference.l1_loss(input, target, reduction, weight),
-                              _torch(F.l1_loss, input, target, reduction=reduction, weight=weight))
+                              lambda: _torch(F.l1_loss, input, target, reduction=reduction, weight=weight))
 
 
 def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -100,7 +99,7 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool
     spec = ops.L1 if beta == 0.0 else ops.SMOOTH_L1
     return ops.pointwise_loss(spec, input, target, None, None, reduction, beta, backend,
                               lambda: reference.smooth_l1_loss(input, target, reduction, beta),
-                              _torch(F.smooth_l1_loss, input, target, reduction=reduction, beta=beta))
+                              lambda: _torch(F.smooth_l1_loss, input, target, reduction=reduction, beta=beta))
 
 
 def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
@@ -119,7 +118,7 @@ def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean
     _check_weight_size("huber_loss", input, weight)
     return ops.pointwise_loss(ops.HUBER, input, target, weight, None, reduction, delta, backend,
                               lambda: reference.huber_loss(input, target, reduction, delta, weight),
-                              _torch(F.huber_loss, input, target, reduction=reduction, delta=delta, weight=weight))
+                              lambda: _torch(F.huber_loss, input, target, reduction=reduction, delta=delta, weight=weight))
 
 
 def binary_cross_entropy_with_logits(
@@ -141,7 +140,7 @@ def binary_cross_entropy_with_logits(
     return ops.pointwise_loss(
         ops.BCE_WITH_LOGITS, input, target, weight, pos_weight, reduction, 0.0, backend,
         lambda: reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight),
-        _torch(F.binary_cross_entropy_with_logits, input, target, weight, reduction=reduction, pos_weight=pos_weight))
+        lambda: _torch(F.binary_cross_entropy_with_logits, input, target, weight, reduction=reduction, pos_weight=pos_weight))
 
 
 def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
@@ -224,7 +223,7 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
     return row_ops.row_loss("triplet_margin_loss", kind, [("anchor", anchor), ("positive", positive),
                                                           ("negative", negative)],
                             None, reduction, margin, eps, p, swap, backend, ref,
-                            _torch(F.triplet_margin_loss, anchor, positive, negative, margin=margin, p=p, eps=eps,
+                            lambda: _torch(F.triplet_margin_loss, anchor, positive, negative, margin=margin, p=p, eps=eps,
                                    swap=swap, reduction=reduction))
 
 
@@ -239,4 +238,4 @@ def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: to
         "cosine_embedding_loss", row_ops.COSINE_EMBEDDING, [("input1", input1), ("input2", input2)], target,
         reduction, margin, 0.0, 2.0, False, backend,
         lambda: reference.cosine_embedding_loss(input1, input2, target, margin, reduction),
-        _torch(F.cosine_embedding_loss, input1, input2, target, margin=margin, reduction=reduction), max_dim=2)
+        lambda: _torch(F.cosine_embedding_loss, input1, input2, target, margin=margin, reduction=reduction), max_dim=2)

@@ -55,7 +55,7 @@ class LossFamily:
     n_fused_grads: int
 
 
-N_META_ARGS = 4  # family, config, backend, needs: the arguments before the tensors
+N_META_ARGS = 3  # family, config, backend: the arguments before the tensors
 
 
 def _transforms_active() -> bool:
@@ -86,34 +86,24 @@ def _plain_vjp(family: LossFamily, config: tuple, tensors: Tensors, wanted: Sequ
     return result
 
 
-def _setup(ctx, family, config, backend, needs, tensors, grads) -> None:
-    ctx.family, ctx.config, ctx.backend, ctx.computed = family, config, backend, needs
-    if any(needs) or _transforms_active():  # backward can run only then (else it is never reached)
-        ctx.save_for_backward(*tensors)
-    ctx.tensors = tensors  # for the jvp rule: forward-mode AD has no backward to save for
-    # Held, not saved: backward hands them to autograd, which keeps them as .grad uncopied.
-    ctx.grads = grads
-
-
 def _backward(ctx, grad_loss):
     family, config, backend = ctx.family, ctx.config, ctx.backend
-    wanted = ctx.needs_input_grad[N_META_ARGS:]
     if torch.is_grad_enabled() or _transforms_active():
+        wanted = ctx.needs_input_grad[N_META_ARGS:]
         return (None,) * N_META_ARGS + tuple(_plain_vjp(family, config, ctx.saved_tensors, wanted, grad_loss))
-    k = family.n_fused_grads
+    needs = ctx.needs_input_grad[N_META_ARGS:N_META_ARGS + family.n_fused_grads]
     grads, ctx.grads = ctx.grads, None
-    if grads is None or (wanted[:k] != ctx.computed and any(w and not c for w, c in zip(wanted, ctx.computed))):
-        # consumed by an earlier backward (retain_graph=True), or not computed in the forward
-        _, *grads = family.fused(backend, config, tuple(wanted[:k]), ctx.saved_tensors)
-    result = [None] * (N_META_ARGS + len(wanted))
-    for i in range(k):
-        if wanted[i]:
+    if grads is None:  # consumed by an earlier backward through the same graph (retain_graph=True)
+        _, *grads = family.fused(backend, config, needs, ctx.saved_tensors)
+    result = [None] * (N_META_ARGS + len(ctx.tensors))
+    for i, need in enumerate(needs):
+        if need:
             family.rescale(backend, grads[i], grad_loss)
             result[N_META_ARGS + i] = grads[i]
     return tuple(result)
 
 
-def _jvp(ctx, _family, _config, _backend, _needs, *tangents):
+def _jvp(ctx, _family, _config, _backend, *tangents):
     family, config = ctx.family, ctx.config
     tensors = ctx.tensors
     index = [i for i, t in enumerate(tangents) if t is not None]
@@ -130,9 +120,16 @@ class FusedLossCompiled(torch.autograd.Function):
     """What torch.compile traces: forward and backward (dynamo does not trace a custom jvp)."""
 
     @staticmethod
-    def forward(ctx, family: LossFamily, config: tuple, backend: str, needs: tuple, *tensors):
+    def forward(ctx, family: LossFamily, config: tuple, backend: str, *tensors):
+        # The gradients backward will rescale, computed in this pass: those autograd needs.
+        needs = ctx.needs_input_grad[N_META_ARGS:N_META_ARGS + family.n_fused_grads]
         loss, *grads = family.fused(backend, config, needs, tensors)
-        _setup(ctx, family, config, backend, needs, tensors, grads)
+        ctx.family, ctx.config, ctx.backend = family, config, backend
+        if any(needs):  # else backward is never reached
+            ctx.save_for_backward(*tensors)
+        ctx.tensors = tensors  # for the jvp rule: forward-mode AD has no backward to save for
+        # Held, not saved: backward hands them to autograd, which keeps them as .grad uncopied.
+        ctx.grads = grads
         return loss
 
     backward = staticmethod(_backward)
@@ -146,22 +143,25 @@ class FusedLoss(FusedLossCompiled):
 
 
 class FusedLossTransforms(torch.autograd.Function):
-    """Calls inside torch.func transforms, which need setup_context and the vmap rule."""
+    """Calls inside torch.func transforms, which need setup_context and the vmap rule. No
+    gradients in the forward: the transforms' backward differentiates the plain formula."""
 
     @staticmethod
-    def forward(family: LossFamily, config: tuple, backend: str, needs: tuple, *tensors):
-        return family.fused(backend, config, needs, tensors)[0]  # no gradients: needs is all False
+    def forward(family: LossFamily, config: tuple, backend: str, *tensors):
+        return family.fused(backend, config, (False,) * family.n_fused_grads, tensors)[0]
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        family, config, backend, needs, *tensors = inputs
-        _setup(ctx, family, config, backend, needs, tensors, None)
+        family, config, backend, *tensors = inputs
+        ctx.family, ctx.config, ctx.backend, ctx.grads = family, config, backend, None
+        ctx.save_for_backward(*tensors)
+        ctx.tensors = tensors
 
     backward = staticmethod(_backward)
     jvp = staticmethod(_jvp)
 
     @staticmethod
-    def vmap(info, in_dims, family, config, backend, needs, *tensors):
+    def vmap(info, in_dims, family, config, backend, *tensors):
         loss = torch.vmap(lambda *ts: family.plain(config, ts), in_dims=tuple(in_dims[N_META_ARGS:]),
                           randomness=info.randomness)(*tensors)
         return loss, 0
@@ -169,14 +169,8 @@ class FusedLossTransforms(torch.autograd.Function):
 
 def apply_fused_loss(family: LossFamily, config: tuple, backend: str, tensors: Tensors) -> torch.Tensor:
     """The loss of `tensors` by the fused kernel of `backend`, with full autograd support."""
-    # Gradients are computed in the forward only where ordinary backward will use them: not
-    # under a torch.func transform, whose backward differentiates the plain formula.
     if _transforms_active():
-        function, needs = FusedLossTransforms, (False,) * family.n_fused_grads
+        function = FusedLossTransforms
     else:
         function = FusedLossCompiled if torch.compiler.is_compiling() else FusedLoss
-        if torch.is_grad_enabled():
-            needs = tuple(t is not None and t.requires_grad for t in tensors[:family.n_fused_grads])
-        else:
-            needs = (False,) * family.n_fused_grads
-    return function.apply(family, config, backend, needs, *tensors)
+    return function.apply(family, config, backend, *tensors)

@@ -171,8 +171,8 @@ def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tenso
             _args.check_tensor(fn, name, t)
     reduction_id = _args.check_reduction(fn, reduction)
     _args.check_same_device(fn, "input", input, target=target, weight=weight, pos_weight=pos_weight)
-    if not (weight is not None and spec.mean_by_weight_sum):  # torch's weighted MSE and L1 are
-        # plain Python arithmetic, which autocast leaves in the half type
+    if torch._C._is_any_autocast_enabled() and not (weight is not None and spec.mean_by_weight_sum):
+        # (torch's weighted MSE and L1 are plain Python arithmetic, which autocast leaves in the half type)
         cast = _args.autocast_float32(input.device, input, target, weight, pos_weight)
         if cast[0] is not input or cast[1] is not target:
             reference = torch_function  # torch's own function, under autocast as torch's
