@@ -81,33 +81,34 @@ def _bce_inputs(shape, dtype, gen):
     return [x, torch.sigmoid(t)]
 
 
-def _fixed(shape, dtype, low, high, period=7):
-    """Deterministic values in [low, high] (no random numbers: these are built inside vmap)."""
+def _fixed(shape, like, low, high, period=7):
+    """Deterministic values in [low, high] in like's dtype and device (no random numbers: these
+    are built inside vmap)."""
     n = 1
     for d in shape:
         n *= d
-    steps = (torch.arange(n, dtype=torch.float64) * 3) % period / (period - 1)
-    return (low + (high - low) * steps).reshape(shape).to(dtype)
+    steps = (torch.arange(n, dtype=torch.float64, device=like.device) * 3) % period / (period - 1)
+    return (low + (high - low) * steps).reshape(shape).to(like.dtype)
 
 
 def pointwise_cases(reduction: str) -> list[Case]:
-    def weight(shape, dtype):
-        return _fixed(shape, dtype, 0.25, 1.25)
+    def weight(x):
+        return _fixed(x.shape, x, 0.25, 1.25)
 
-    def pw(shape, dtype):
-        return _fixed(shape[-1:], dtype, 0.2, 2.2, period=5)
+    def pw(x):
+        return _fixed(x.shape[-1:], x, 0.2, 2.2, period=5)
 
     return [
         Case("mse", lambda x, t, **k: fastloss.mse_loss(x, t, reduction=reduction, **k),
              lambda x, t: F.mse_loss(x, t, reduction=reduction), 2),
-        Case("mse-weighted", lambda x, t, **k: fastloss.mse_loss(x, t, reduction=reduction, weight=weight(x.shape, x.dtype), **k),
-             lambda x, t: F.mse_loss(x, t, reduction=reduction, weight=weight(x.shape, x.dtype)), 2),
+        Case("mse-weighted", lambda x, t, **k: fastloss.mse_loss(x, t, reduction=reduction, weight=weight(x), **k),
+             lambda x, t: F.mse_loss(x, t, reduction=reduction, weight=weight(x)), 2),
         Case("l1", lambda x, t, **k: fastloss.l1_loss(x, t, reduction=reduction, **k),
              lambda x, t: F.l1_loss(x, t, reduction=reduction), 2, kinks=(0.0,)),
         Case("smooth_l1", lambda x, t, **k: fastloss.smooth_l1_loss(x, t, reduction=reduction, beta=0.5, **k),
              lambda x, t: F.smooth_l1_loss(x, t, reduction=reduction, beta=0.5), 2, kinks=(0.5,)),
-        Case("huber-weighted", lambda x, t, **k: fastloss.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x.shape, x.dtype), **k),
-             lambda x, t: F.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x.shape, x.dtype)), 2, kinks=(0.8,)),
+        Case("huber-weighted", lambda x, t, **k: fastloss.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x), **k),
+             lambda x, t: F.huber_loss(x, t, reduction=reduction, delta=0.8, weight=weight(x)), 2, kinks=(0.8,)),
         # the weight as a third differentiable argument (the plain formula's path)
         Case("mse-weight-grad", lambda x, t, w, **k: fastloss.mse_loss(x, t, reduction=reduction, weight=w, **k),
              lambda x, t, w: F.mse_loss(x, t, reduction=reduction, weight=w), 3, make=_weighted_inputs, fused=False),
@@ -121,15 +122,15 @@ def pointwise_cases(reduction: str) -> list[Case]:
         Case("bce", lambda x, t, **k: fastloss.binary_cross_entropy_with_logits(x, t, reduction=reduction, **k),
              lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), 2, make=_bce_inputs),
         Case("bce-pos_weight", lambda x, t, **k: fastloss.binary_cross_entropy_with_logits(
-            x, t, weight=weight(x.shape, x.dtype), pos_weight=pw(x.shape, x.dtype), reduction=reduction, **k),
+            x, t, weight=weight(x), pos_weight=pw(x), reduction=reduction, **k),
              lambda x, t: F.binary_cross_entropy_with_logits(
-            x, t, weight=weight(x.shape, x.dtype), pos_weight=pw(x.shape, x.dtype), reduction=reduction), 2,
+            x, t, weight=weight(x), pos_weight=pw(x), reduction=reduction), 2,
              make=_bce_inputs),
     ]
 
 
-def _labels(n):
-    return _fixed((n,), torch.float64, 0.0, 1.0, period=5)
+def _labels(x):
+    return _fixed(x.shape[:1], x, 0.0, 1.0, period=5)
 
 
 def _soft_label_inputs(shape, dtype, gen):
@@ -137,8 +138,8 @@ def _soft_label_inputs(shape, dtype, gen):
     return [a, b, torch.rand(shape[:-1], dtype=torch.float64, generator=gen).to(dtype)]
 
 
-def _cos_targets(n):
-    return torch.tensor([1.0, -1.0, 0.0, -1.0, 1.0, 2.0, -1.0, 1.0])[:n].to(torch.float64)
+def _cos_targets(x):
+    return torch.tensor([1.0, -1.0, 0.0, -1.0, 1.0, 2.0, -1.0, 1.0], device=x.device)[:x.shape[0]].to(x.dtype)
 
 
 def row_cases(reduction: str) -> list[Case]:
@@ -147,9 +148,9 @@ def row_cases(reduction: str) -> list[Case]:
         cases.append(Case(
             f"contrastive-{distance}",
             lambda a, b, distance=distance, margin=margin, **k: fastloss.contrastive_loss(
-                a, b, _labels(a.shape[0]).to(a.dtype), margin, distance, reduction, **k),
+                a, b, _labels(a), margin, distance, reduction, **k),
             lambda a, b, distance=distance, margin=margin: contrastive_oracle(
-                a, b, _labels(a.shape[0]).to(a.dtype), margin, distance, reduction), 2))
+                a, b, _labels(a), margin, distance, reduction), 2))
     cases.append(Case(  # a soft label as a third differentiable argument (the plain formula's path)
         "contrastive-label-grad",
         lambda a, b, y, **k: fastloss.contrastive_loss(a, b, y, 3.0, "euclidean", reduction, **k),
@@ -164,20 +165,20 @@ def row_cases(reduction: str) -> list[Case]:
                 a, pos, neg, margin=2.0, p=p, swap=swap, reduction=reduction), 3))
     cases.append(Case(
         "cosine_embedding",
-        lambda a, b, **k: fastloss.cosine_embedding_loss(a, b, _cos_targets(a.shape[0]).to(a.dtype), margin=-0.9,
+        lambda a, b, **k: fastloss.cosine_embedding_loss(a, b, _cos_targets(a), margin=-0.9,
                                                          reduction=reduction, **k),
-        lambda a, b: F.cosine_embedding_loss(a, b, _cos_targets(a.shape[0]).to(a.dtype), margin=-0.9,
+        lambda a, b: F.cosine_embedding_loss(a, b, _cos_targets(a), margin=-0.9,
                                              reduction=reduction), 2))
     return cases
 
 
-def _mask(shape):
-    mask = _fixed(shape[:-1], torch.float64, 0.0, 1.5, period=4)
+def _mask(x):
+    mask = _fixed(x.shape[:-1], x, 0.0, 1.5, period=4)
     return torch.where(mask > 1.4, 0.0, mask + 0.1)  # a few patches not counted
 
 
-def _patches(shape, dtype):
-    return _fixed(shape, dtype, -1.5, 2.5, period=11)
+def _patches(x):
+    return _fixed(x.shape, x, -1.5, 2.5, period=11)
 
 
 def _masked_inputs(shape, dtype, gen):
@@ -192,26 +193,26 @@ def masked_cases() -> list[Case]:
         # the target fixed: the fused kernel's own path (a target that requires grad takes the
         # plain formula)
         Case("masked_mse-input", lambda x, **k: fastloss.masked_mse_loss(
-            x, _patches(x.shape, x.dtype), _mask(x.shape).to(x.dtype), norm_target=True, **k),
-             lambda x: mae_patch_loss(x, _patches(x.shape, x.dtype), _mask(x.shape).to(x.dtype), norm_pix_loss=True),
+            x, _patches(x), _mask(x), norm_target=True, **k),
+             lambda x: mae_patch_loss(x, _patches(x), _mask(x), norm_pix_loss=True),
              1, shape=(2, 3, 5)),
         Case("masked_mse-mask", lambda x, t, m, **k: fastloss.masked_mse_loss(x, t, m, norm_target=True, **k),
              lambda x, t, m: mae_patch_loss(x, t, m, norm_pix_loss=True), 3, shape=(2, 3, 5), make=_masked_inputs,
              fused=False),
-        Case("masked_mse", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x.shape).to(x.dtype), **k),
-             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype)), 2, shape=(2, 3, 5), fused=False),
-        Case("masked_mse-norm", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x.shape).to(x.dtype),
+        Case("masked_mse", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x), **k),
+             lambda x, t: mae_patch_loss(x, t, _mask(x)), 2, shape=(2, 3, 5), fused=False),
+        Case("masked_mse-norm", lambda x, t, **k: fastloss.masked_mse_loss(x, t, _mask(x),
                                                                             norm_target=True, **k),
-             lambda x, t: mae_patch_loss(x, t, _mask(x.shape).to(x.dtype), norm_pix_loss=True), 2, shape=(2, 3, 5),
+             lambda x, t: mae_patch_loss(x, t, _mask(x), norm_pix_loss=True), 2, shape=(2, 3, 5),
              fused=False),
     ]
 
 
-def inputs(case: Case, dtype=torch.float64, seed=0, shape=None):
+def inputs(case: Case, dtype=torch.float64, seed=0, shape=None, device="cpu"):
     """Fresh inputs of the case (requires_grad), clear of its kinks."""
     gen = torch.Generator().manual_seed(seed)
     shape = shape or case.shape
     values = case.make(shape, dtype, gen) if case.make else _normal(shape, dtype, gen, case.n_tensors)
     if case.kinks:
         values = _away_from(values, case.kinks)
-    return [v.detach().clone().requires_grad_() for v in values]
+    return [v.detach().to(device).requires_grad_() for v in values]

@@ -38,8 +38,8 @@ def _quiet_vmap_fallback():
 @pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("case", CASES + NONE_CASES, ids=ids)
 def test_gradgradcheck(backend_device, case):
-    backend, _ = backend_device
-    args = inputs(case)
+    backend, device = backend_device
+    args = inputs(case, device=device)
     assert torch.autograd.gradgradcheck(lambda *a: case.fast(*a, backend=backend), args)
 
 
@@ -48,12 +48,12 @@ def test_gradgradcheck(backend_device, case):
 def test_meta_gradient_through_a_tanh_model(backend_device, case):
     """MAML's step: the gradient of |dL/dW|^2 through the model, with L the loss of tanh(x W)
     and the other operands; create_graph=True keeps the loss's own second derivative."""
-    backend, _ = backend_device
-    args = inputs(case)
+    backend, device = backend_device
+    args = inputs(case, device=device)
     gen = torch.Generator().manual_seed(3)
     features = args[0].shape[-1]
-    x = torch.randn(*args[0].shape[:-1], features, dtype=torch.float64, generator=gen)
-    w = (torch.randn(features, features, dtype=torch.float64, generator=gen) / features ** 0.5).requires_grad_()
+    x = torch.randn(*args[0].shape[:-1], features, dtype=torch.float64, generator=gen).to(device)
+    w = (torch.randn(features, features, dtype=torch.float64, generator=gen) / features ** 0.5).to(device).requires_grad_()
 
     def meta(loss_fn):
         pred = torch.tanh(x @ w)
@@ -70,8 +70,8 @@ def test_meta_gradient_through_a_tanh_model(backend_device, case):
 @pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_func_grad_every_argument(backend_device, case):
-    backend, _ = backend_device
-    args = [a.detach() for a in inputs(case)]
+    backend, device = backend_device
+    args = [a.detach() for a in inputs(case, device=device)]
     for k in range(case.n_tensors):
         got = grad(lambda *a: case.fast(*a, backend=backend), argnums=k)(*args)
         close(got, grad(case.oracle, argnums=k)(*args), f"{case.name} grad of argument {k}")
@@ -90,8 +90,8 @@ def assert_transform_matches(case, backend, transform, args, what):
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_per_sample_gradients(backend_device, case):
     """vmap(grad): one loss and its gradient per sample, as differential-privacy training does."""
-    backend, _ = backend_device
-    batched = [a.detach() for a in inputs(case, shape=(5, *case.shape))]
+    backend, device = backend_device
+    batched = [a.detach() for a in inputs(case, shape=(5, *case.shape), device=device)]
     assert_transform_matches(case, backend, lambda f, argnums: vmap(grad(f, argnums=argnums)), batched,
                              "per-sample gradient")
 
@@ -99,8 +99,8 @@ def test_per_sample_gradients(backend_device, case):
 @pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("case", CASES + NONE_CASES, ids=ids)
 def test_jacrev_and_jacfwd(backend_device, case):
-    backend, _ = backend_device
-    args = [a.detach() for a in inputs(case)]
+    backend, device = backend_device
+    args = [a.detach() for a in inputs(case, device=device)]
     for transform in (jacrev, jacfwd):
         assert_transform_matches(case, backend, lambda f, argnums: transform(f, argnums=argnums), args,
                                  transform.__name__)
@@ -109,10 +109,10 @@ def test_jacrev_and_jacfwd(backend_device, case):
 @pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("case", CASES + NONE_CASES, ids=ids)
 def test_jvp_and_forward_ad(backend_device, case):
-    backend, _ = backend_device
-    args = [a.detach() for a in inputs(case)]
+    backend, device = backend_device
+    args = [a.detach() for a in inputs(case, device=device)]
     gen = torch.Generator().manual_seed(5)
-    tangents = [torch.randn(a.shape, dtype=a.dtype, generator=gen) for a in args]
+    tangents = [torch.randn(a.shape, dtype=a.dtype, generator=gen).to(device) for a in args]
     value, tangent = jvp(lambda *a: case.fast(*a, backend=backend), tuple(args), tuple(tangents))
     expected_value, expected_tangent = jvp(case.oracle, tuple(args), tuple(tangents))
     close(value, expected_value, f"{case.name} jvp value")
@@ -127,8 +127,8 @@ def test_jvp_and_forward_ad(backend_device, case):
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("mse", "bce", "triplet-p2", "contrastive-cosine",
                                                                "masked_mse-input")], ids=ids)
 def test_hessian(backend_device, case):
-    backend, _ = backend_device
-    args = [a.detach() for a in inputs(case)]
+    backend, device = backend_device
+    args = [a.detach() for a in inputs(case, device=device)]
     got = hessian(lambda a: case.fast(a, *args[1:], backend=backend))(args[0])
     close(got, hessian(lambda a: case.oracle(a, *args[1:]))(args[0]), f"{case.name} hessian")
 
@@ -137,8 +137,8 @@ def test_hessian(backend_device, case):
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("mse", "triplet-p2", "masked_mse-input")], ids=ids)
 def test_third_derivative(backend_device, case):
     """Any order: the gradient of a Hessian-vector product's sum."""
-    backend, _ = backend_device
-    args = inputs(case)
+    backend, device = backend_device
+    args = inputs(case, device=device)
 
     def third(loss_fn):
         (g,) = torch.autograd.grad(loss_fn(*args), args[0], create_graph=True)
@@ -154,8 +154,8 @@ def test_third_derivative(backend_device, case):
 def test_ordinary_backward_never_takes_the_plain_formula(backend_device, case, monkeypatch):
     """Training without create_graph runs only the fused kernels: the plain formula, were it
     called, would fail the test."""
-    backend, _ = backend_device
-    args = inputs(case)
+    backend, device = backend_device
+    args = inputs(case, device=device)
     expected = torch.autograd.grad(case.oracle(*args), args)
 
     def refuse(*a, **k):

@@ -34,11 +34,11 @@ def test_every_loss_has_its_opinfo():
     assert sorted(op.name for op in OPINFOS) == sorted(FASTLOSS)
 
 
-def _samples(op, dtype):
+def _samples(op, dtype, device):
     grad = dtype.is_floating_point or dtype.is_complex
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return list(op.sample_inputs("cpu", dtype, requires_grad=grad and op.supports_autograd))
+        return list(op.sample_inputs(device, dtype, requires_grad=grad and op.supports_autograd))
 
 
 def _call(fn, sample, **kwargs):
@@ -85,11 +85,11 @@ def _check_value(actual, expected, precise, dtype, what):
 @pytest.mark.parametrize("backend_device", backend_params())
 @pytest.mark.parametrize("op", OPINFOS, ids=lambda op: op.name.split(".")[-1])
 def test_sample_inputs_give_torch_results(backend_device, op):
-    backend, _ = backend_device
+    backend, device = backend_device
     fast = FASTLOSS[op.name]
     checked = 0
-    for dtype in sorted(op.supported_dtypes("cpu"), key=str):
-        for sample in _samples(op, dtype):
+    for dtype in sorted(op.supported_dtypes(torch.device(device).type), key=str):
+        for sample in _samples(op, dtype, device):
             what = f"{op.name} {dtype} input {tuple(sample.input.shape)} kwargs {sample.kwargs}"
             expected = _call(op.op, sample)
             actual = _call(fast, sample, backend=backend)
@@ -116,9 +116,9 @@ def test_sample_inputs_give_torch_results(backend_device, op):
 @pytest.mark.parametrize("op", [op for op in OPINFOS if op.error_inputs_func is not None],
                          ids=lambda op: op.name.split(".")[-1])
 def test_error_inputs_raise_as_torch(backend_device, op):
-    backend, _ = backend_device
+    backend, device = backend_device
     fast = FASTLOSS[op.name]
-    errors = list(op.error_inputs("cpu"))
+    errors = list(op.error_inputs(device))
     assert errors
     for error in errors:
         with pytest.raises(error.error_type, match=error.error_regex):
@@ -129,8 +129,8 @@ DTYPES_ANY = [torch.bool, torch.uint8, torch.int64, torch.float16, torch.bfloat1
               torch.complex64]
 
 
-def _tensor(shape, dtype, gen):
-    x = torch.randn(shape, dtype=torch.float64, generator=gen)
+def _tensor(shape, dtype, gen, device="cpu"):
+    x = torch.randn(shape, dtype=torch.float64, generator=gen).to(device)
     if dtype == torch.bool:
         return x > 0
     if not (dtype.is_floating_point or dtype.is_complex):
@@ -161,24 +161,25 @@ def _outcome(fn, *args, **kwargs):
 def test_every_dtype_pair_as_torch(backend_device, loss):
     """Every pair of dtypes for the two operands (and weights of another dtype): torch's result
     dtype and value, or torch's exception type, which the message names fastloss's call in."""
-    backend, _ = backend_device
+    backend, device = backend_device
     gen = torch.Generator().manual_seed(1)
     for d1 in DTYPES_ANY:
         for d2 in DTYPES_ANY:
             extra = {}
             if loss == "triplet":
-                args = [_tensor((4, 5), d1, gen), _tensor((4, 5), d2, gen), _tensor((4, 5), d1, gen)]
+                args = [_tensor((4, 5), d1, gen, device), _tensor((4, 5), d2, gen, device), _tensor((4, 5), d1, gen, device)]
                 ours, theirs = fastloss.triplet_margin_loss, F.triplet_margin_loss
             elif loss == "cosine_embedding":
-                y = _tensor((4,), d2, gen)
+                y = _tensor((4,), d2, gen, device)
                 y = y.sign() if y.dtype.is_floating_point else y
-                args = [_tensor((4, 5), d1, gen), _tensor((4, 5), d1, gen), y]
+                args = [_tensor((4, 5), d1, gen, device), _tensor((4, 5), d1, gen, device), y]
                 ours, theirs = fastloss.cosine_embedding_loss, F.cosine_embedding_loss
             else:
                 theirs, ours = PAIRS[loss]
-                args = [_tensor((4, 5), d1, gen), _tensor((4, 5), d2, gen)]
+                args = [_tensor((4, 5), d1, gen, device), _tensor((4, 5), d2, gen, device)]
                 if loss in ("mse", "huber") and d1.is_floating_point and d2.is_floating_point:
-                    extra["weight"] = _tensor((4, 5), torch.float64 if d1 != torch.float64 else torch.float16, gen).abs()
+                    weight_dtype = torch.float64 if d1 != torch.float64 else torch.float16
+                    extra["weight"] = _tensor((4, 5), weight_dtype, gen, device).abs()
             expected, torch_error = _outcome(theirs, *args, **extra)
             actual, error = _outcome(ours, *args, **extra, backend=backend)
             what = f"{loss} {d1} {d2} {list(extra)}"
@@ -198,9 +199,9 @@ def test_every_dtype_pair_as_torch(backend_device, loss):
 @pytest.mark.parametrize("backend_device", backend_params())
 def test_triplet_any_leading_dimensions(backend_device):
     """torch takes (..., D) triplets: distances along the last dimension, the mean over the rest."""
-    backend, _ = backend_device
+    backend, device = backend_device
     gen = torch.Generator().manual_seed(2)
-    a, p, n = (torch.randn(2, 4, 3, dtype=torch.float64, generator=gen).requires_grad_() for _ in range(3))
+    a, p, n = (torch.randn(2, 4, 3, dtype=torch.float64, generator=gen).to(device).requires_grad_() for _ in range(3))
     for reduction in ("none", "mean", "sum"):
         ours = fastloss.triplet_margin_loss(a, p, n, reduction=reduction, backend=backend)
         theirs = F.triplet_margin_loss(a, p, n, reduction=reduction)
@@ -213,10 +214,10 @@ def test_triplet_any_leading_dimensions(backend_device):
 
 @pytest.mark.parametrize("backend_device", backend_params())
 def test_contrastive_any_leading_dimensions(backend_device):
-    backend, _ = backend_device
+    backend, device = backend_device
     gen = torch.Generator().manual_seed(4)
-    x1, x2 = (torch.randn(3, 5, 7, dtype=torch.float64, generator=gen) for _ in range(2))
-    y = (torch.rand(3, 5, generator=gen) < 0.5).double()
+    x1, x2 = (torch.randn(3, 5, 7, dtype=torch.float64, generator=gen).to(device) for _ in range(2))
+    y = (torch.rand(3, 5, generator=gen) < 0.5).double().to(device)
     flat = fastloss.contrastive_loss(x1.reshape(15, 7), x2.reshape(15, 7), y.reshape(15), reduction="none",
                                      backend=backend)
     torch.testing.assert_close(fastloss.contrastive_loss(x1, x2, y, reduction="none", backend=backend),
@@ -232,7 +233,7 @@ AUTOCAST_CASES = {
     "huber-weighted": lambda m, x, t, w: m.huber_loss(x, t, delta=0.7, weight=w),
     "bce": lambda m, x, t, w: m.binary_cross_entropy_with_logits(x, t.sigmoid(), weight=w),
     "triplet": lambda m, x, t, w: m.triplet_margin_loss(x, t, w),
-    "cosine_embedding": lambda m, x, t, w: m.cosine_embedding_loss(x, t, torch.ones(x.shape[0])),
+    "cosine_embedding": lambda m, x, t, w: m.cosine_embedding_loss(x, t, torch.ones(x.shape[0], device=x.device)),
 }
 
 
@@ -240,16 +241,16 @@ AUTOCAST_CASES = {
 @pytest.mark.parametrize("name", list(AUTOCAST_CASES))
 def test_autocast_as_torch(backend_device, name):
     """Inside torch.autocast the losses on autocast's float32 list compute and return float32."""
-    backend, _ = backend_device
+    backend, device = backend_device
     gen = torch.Generator().manual_seed(6)
-    x, t, w = (torch.randn(6, 9, generator=gen).to(torch.bfloat16) for _ in range(3))
+    x, t, w = (torch.randn(6, 9, generator=gen).to(device, torch.bfloat16) for _ in range(3))
     ours = lambda *a, **k: getattr(fastloss, a[0])(*a[1:], **k, backend=backend)  # noqa: E731
 
     class Fast:
         def __getattr__(self, attr):
             return lambda *a, **k: ours(attr, *a, **k)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         expected = AUTOCAST_CASES[name](F, x, t, w.abs())
         actual = AUTOCAST_CASES[name](Fast(), x, t, w.abs())
     assert actual.dtype == expected.dtype

@@ -43,7 +43,7 @@ def _compare(fast, oracle, values, dtype, what, grad_output=None, exact_specials
     _same(actual.detach(), expected.detach(), f"{what} loss", dtype)
     if grad_output is None:
         gen = torch.Generator().manual_seed(9)
-        grad_output = (torch.rand(expected.shape, dtype=torch.float64, generator=gen) + 0.5).to(dtype)
+        grad_output = (torch.rand(expected.shape, dtype=torch.float64, generator=gen) + 0.5).to(expected.device, dtype)
     want = torch.autograd.grad(expected, a, grad_output, allow_unused=True)
     got = torch.autograd.grad(actual, b, grad_output, allow_unused=True)
     for k, (g, e) in enumerate(zip(got, want)):
@@ -72,9 +72,9 @@ ELEMENT_CASES = pointwise_cases("none") + pointwise_cases("sum") + row_cases("no
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("case", ELEMENT_CASES, ids=ids)
 def test_special_values_in_the_inputs(backend_device, dtype, case):
-    backend, _ = backend_device
+    backend, device = backend_device
     for seed in range(4):
-        values = _with_specials(inputs(case, dtype, seed=seed, shape=(7, 6)), seed)
+        values = _with_specials(inputs(case, dtype, seed=seed, shape=(7, 6), device=device), seed)
         _compare(lambda *a: case.fast(*a, backend=backend), case.oracle, values, dtype,
                  f"{case.name} seed {seed}")
 
@@ -83,18 +83,18 @@ def test_special_values_in_the_inputs(backend_device, dtype, case):
 @pytest.mark.parametrize("norm_target", [False, True])
 def test_special_values_in_kept_patches(backend_device, norm_target):
     """Masked MSE: NaN and infinities in patches that count (those masked out are not read)."""
-    backend, _ = backend_device
-    mask = torch.ones(3, 4, dtype=torch.float64)
+    backend, device = backend_device
+    mask = torch.ones(3, 4, dtype=torch.float64, device=device)
     for seed in range(3):
-        x, t = _with_specials(_rows(2, torch.float64, seed, shape=(3, 4, 5)), seed)
+        x, t = _with_specials(_rows(2, torch.float64, seed, shape=(3, 4, 5), device=device), seed)
         _compare(lambda a: fastloss.masked_mse_loss(a, t, mask, norm_target=norm_target, backend=backend),
                  lambda a: mae_patch_loss(a, t, mask, norm_pix_loss=norm_target), [x], torch.float64,
                  f"masked_mse norm_target={norm_target} seed {seed}")
 
 
-def _rows(n_tensors, dtype, seed=0, shape=(6, 5)):
+def _rows(n_tensors, dtype, seed=0, shape=(6, 5), device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, dtype=torch.float64, generator=gen).to(dtype) for _ in range(n_tensors)]
+    return [torch.randn(shape, dtype=torch.float64, generator=gen).to(device, dtype) for _ in range(n_tensors)]
 
 
 SCALAR_CASES = []
@@ -128,45 +128,45 @@ for p in (NAN, INF, 0.0, -1.0):
 for margin in (NAN, INF, -INF, 1e300):
     SCALAR_CASES.append((f"cosine_embedding margin={margin}",
                          lambda be, margin=margin: lambda a, b: fastloss.cosine_embedding_loss(
-                             a, b, torch.tensor([1.0, -1, -1, 1, -1, 0], dtype=a.dtype), margin=margin, reduction="none",
+                             a, b, torch.tensor([1.0, -1, -1, 1, -1, 0], dtype=a.dtype, device=a.device), margin=margin, reduction="none",
                              backend=be),
                          lambda margin=margin: lambda a, b: F.cosine_embedding_loss(
-                             a, b, torch.tensor([1.0, -1, -1, 1, -1, 0], dtype=a.dtype), margin=margin,
+                             a, b, torch.tensor([1.0, -1, -1, 1, -1, 0], dtype=a.dtype, device=a.device), margin=margin,
                              reduction="none"), 2))
     for distance in ("euclidean", "manhattan", "cosine"):
         SCALAR_CASES.append((f"contrastive {distance} margin={margin}",
                              lambda be, margin=margin, distance=distance: lambda a, b: fastloss.contrastive_loss(
-                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype), margin, distance, "none",
+                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype, device=a.device), margin, distance, "none",
                                  backend=be),
                              lambda margin=margin, distance=distance: lambda a, b: contrastive_oracle(
-                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype), margin, distance, "none"),
+                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype, device=a.device), margin, distance, "none"),
                              2))
 for eps in (NAN, INF, 1e300):
     for distance in ("euclidean", "manhattan"):
         SCALAR_CASES.append((f"contrastive {distance} eps={eps}",
                              lambda be, eps=eps, distance=distance: lambda a, b: fastloss.contrastive_loss(
-                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype), 1.0, distance, "none",
+                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype, device=a.device), 1.0, distance, "none",
                                  eps=eps, backend=be),
                              lambda eps=eps, distance=distance: lambda a, b: contrastive_oracle(
-                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype), 1.0, distance, "none",
+                                 a, b, torch.tensor([1.0, 0, 0, 1, 0.5, 0], dtype=a.dtype, device=a.device), 1.0, distance, "none",
                                  eps), 2))
 for eps in (NAN, INF, 0.0, 1e300):
     SCALAR_CASES.append((f"masked_mse eps={eps}",
                          lambda be, eps=eps: lambda x: fastloss.masked_mse_loss(
-                             x.reshape(2, 3, 5), torch.ones(2, 3, 5, dtype=x.dtype).cumsum(-1),
-                             torch.ones(2, 3, dtype=x.dtype), norm_target=True, eps=eps, backend=be),
+                             x.reshape(2, 3, 5), torch.ones(2, 3, 5, dtype=x.dtype, device=x.device).cumsum(-1),
+                             torch.ones(2, 3, dtype=x.dtype, device=x.device), norm_target=True, eps=eps, backend=be),
                          lambda eps=eps: lambda x: mae_patch_loss(
-                             x.reshape(2, 3, 5), torch.ones(2, 3, 5, dtype=x.dtype).cumsum(-1),
-                             torch.ones(2, 3, dtype=x.dtype), norm_pix_loss=True, eps=eps), 1))
+                             x.reshape(2, 3, 5), torch.ones(2, 3, 5, dtype=x.dtype, device=x.device).cumsum(-1),
+                             torch.ones(2, 3, dtype=x.dtype, device=x.device), norm_pix_loss=True, eps=eps), 1))
 
 
 @pytest.mark.parametrize("backend_device", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("case", SCALAR_CASES, ids=lambda c: c[0])
 def test_special_scalar_arguments(backend_device, dtype, case):
-    backend, _ = backend_device
+    backend, device = backend_device
     name, make_fast, make_oracle, n = case
-    values = _rows(n, dtype, shape=(6, 5))
+    values = _rows(n, dtype, shape=(6, 5), device=device)
     if n == 1:
         values = [values[0].reshape(-1)[:30].reshape(6, 5)]
     # An infinite margin gives the cosine distance's soft-label row an infinite coefficient, which
@@ -185,13 +185,13 @@ def test_special_grad_output_pointwise(backend_device, grad_output, case):
     """loss.backward(nan) gives NaN gradients, as torch: the kernels' skip of the rescale when
     grad_output is 1 must not take NaN for 1. A pointwise gradient is one product with
     grad_output, as torch's."""
-    backend, _ = backend_device
-    values = [v.detach() for v in inputs(case)]
+    backend, device = backend_device
+    values = [v.detach() for v in inputs(case, device=device)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         shape = case.oracle(*values).shape
     _compare(lambda *a: case.fast(*a, backend=backend), case.oracle, values, torch.float64, case.name,
-             grad_output=torch.full(shape, grad_output, dtype=torch.float64))
+             grad_output=torch.full(shape, grad_output, dtype=torch.float64, device=device))
 
 
 @pytest.mark.parametrize("backend_device", backend_params())
@@ -201,9 +201,9 @@ def test_special_grad_output_rows(backend_device, grad_output, case):
     """The row losses' fused gradients are those at grad_output = 1, times grad_output: with a
     non-finite grad_output they are non-finite in every row (NaN or infinite wherever torch's
     are), where torch's margin clamps leave 0 in the rows they cut (README, NaN section)."""
-    backend, _ = backend_device
-    values = [v.detach().clone().requires_grad_() for v in inputs(case)]
-    go = torch.tensor(grad_output, dtype=torch.float64)
+    backend, device = backend_device
+    values = [v.detach().clone().requires_grad_() for v in inputs(case, device=device)]
+    go = torch.tensor(grad_output, dtype=torch.float64, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = torch.autograd.grad(case.oracle(*values), values, go)
@@ -215,8 +215,8 @@ def test_special_grad_output_rows(backend_device, grad_output, case):
 
 @pytest.mark.parametrize("backend_device", backend_params())
 def test_nan_beta_and_delta_checks_as_torch(backend_device):
-    backend, _ = backend_device
-    x, t = _rows(2, torch.float32)
+    backend, device = backend_device
+    x, t = _rows(2, torch.float32, device=device)
     for delta in (NAN, 0.0, -INF):
         with pytest.raises(RuntimeError, match="huber_loss does not support non-positive values for delta"):
             fastloss.huber_loss(x, t, delta=delta, backend=backend)
