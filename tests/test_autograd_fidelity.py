@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
+from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 from conftest import backend_params
 from loss_cases import inputs, masked_cases, pointwise_cases, row_cases
@@ -87,6 +87,19 @@ def assert_transform_matches(case, backend, transform, args, what):
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)
+@pytest.mark.parametrize("case", CASES + NONE_CASES, ids=ids)
+def test_func_vjp(backend_device, case):
+    backend, device = backend_device
+    args = [a.detach() for a in inputs(case, device=device)]
+    value, vjp_fn = vjp(lambda *a: case.fast(*a, backend=backend), *args)
+    expected_value, expected_fn = vjp(case.oracle, *args)
+    close(value, expected_value, f"{case.name} vjp value")
+    cotangent = torch.rand_like(expected_value) + 0.5
+    for k, (g, e) in enumerate(zip(vjp_fn(cotangent), expected_fn(cotangent))):
+        close(g, e, f"{case.name} vjp of argument {k}")
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_per_sample_gradients(backend_device, case):
     """vmap(grad): one loss and its gradient per sample, as differential-privacy training does."""
@@ -94,6 +107,8 @@ def test_per_sample_gradients(backend_device, case):
     batched = [a.detach() for a in inputs(case, shape=(5, *case.shape), device=device)]
     assert_transform_matches(case, backend, lambda f, argnums: vmap(grad(f, argnums=argnums)), batched,
                              "per-sample gradient")
+    close(vmap(lambda *a: case.fast(*a, backend=backend))(*batched), vmap(case.oracle)(*batched),
+          f"{case.name} per-sample loss")
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)
