@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from . import _args, reference
+from .ops import batch as batch_ops
 from .ops import masked_mse as masked_ops
 from .ops import pointwise as ops
 from .ops import row as row_ops
 
-__all__ = ["binary_cross_entropy_with_logits", "contrastive_loss", "cosine_embedding_loss", "huber_loss",
+__all__ = ["batch_contrastive_loss", "batch_hard_triplet_loss", "binary_cross_entropy_with_logits",
+           "contrastive_loss", "cosine_embedding_loss", "huber_loss",
            "l1_loss", "masked_mse_loss", "mse_loss", "smooth_l1_loss", "triplet_margin_loss"]
 
 
@@ -239,3 +241,60 @@ def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: to
         reduction, margin, 0.0, 2.0, False, backend,
         lambda: reference.cosine_embedding_loss(input1, input2, target, margin, reduction),
         lambda: _torch(F.cosine_embedding_loss, input1, input2, target, margin=margin, reduction=reduction), max_dim=2)
+
+
+def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,
+                           neg_margin: float = 1.0, *, normalize: bool = True,
+                           ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                           reduction: str = "avg_nonzero", backend: str = "auto") -> torch.Tensor:
+    """The all-pairs contrastive loss of a batch, tile by tile: memory O(N), never the N x N matrix.
+
+    pytorch-metric-learning's ``ContrastiveLoss(pos_margin, neg_margin)`` with its default
+    distance: the rows L2-normalised first (``normalize``), d the Euclidean distance. Without a
+    reference set every ordered pair (i, j), i != j, is positive when the labels are equal and
+    negative otherwise; with ``ref_embeddings``/``ref_labels`` the pairs are (query i, reference
+    j) for every i and j. A positive costs max(0, d - pos_margin), a negative max(0, neg_margin - d).
+
+    Args:
+        embeddings: (N, D) floating point.
+        labels: (N,) integer class ids.
+        pos_margin, neg_margin: >= 0.
+        normalize: L2-normalise the rows (and the reference rows) first.
+        ref_embeddings, ref_labels: an (M, D) reference set and its (M,) labels, both or neither.
+        reduction: "avg_nonzero" (the mean of the positive costs > 0 plus the mean of the
+            negative costs > 0, a term with none counting 0), "mean" (over all pairs), "sum".
+        backend: "auto" | "cpu" | "cuda" | "triton" | "torch" (the materialised formula).
+
+    Returns:
+        A 0-d tensor in embeddings' dtype; gradients reach embeddings and ref_embeddings.
+    """
+    return batch_ops.batch_contrastive_loss(
+        embeddings, labels, pos_margin, neg_margin, normalize, ref_embeddings, ref_labels, reduction, backend,
+        lambda: reference.batch_contrastive_loss(embeddings, labels, pos_margin, neg_margin, normalize,
+                                                 ref_embeddings, ref_labels, reduction))
+
+
+def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.05, *,
+                            normalize: bool = True, soft: bool = False, reduction: str = "avg_nonzero",
+                            backend: str = "auto") -> torch.Tensor:
+    """The batch-hard triplet loss (Hermans, Beyer and Leibe 2017), tile by tile: memory O(N).
+
+    For each anchor i its hardest positive (the largest distance to a j != i with the same
+    label) and hardest negative (the smallest distance to another label), ties to the lowest
+    index; anchors without a positive or without a negative are left out. An anchor costs
+    max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when ``soft``. At the defaults this is
+    pytorch-metric-learning's ``TripletMarginLoss(margin=0.05)`` fed by ``BatchHardMiner()``.
+
+    Args:
+        embeddings: (N, D) floating point; labels: (N,) integer class ids.
+        margin: >= 0 (not used when soft).
+        normalize: L2-normalise the rows first.
+        reduction: "avg_nonzero" (the mean of the costs > 0), "mean" (over the kept anchors), "sum".
+
+    Returns:
+        A 0-d tensor in embeddings' dtype. The gradient reaches each anchor, its hardest positive
+        and its hardest negative.
+    """
+    return batch_ops.batch_hard_triplet_loss(
+        embeddings, labels, margin, normalize, soft, reduction, backend,
+        lambda: reference.batch_hard_triplet_loss(embeddings, labels, margin, normalize, soft, reduction))

@@ -7,7 +7,7 @@ import torch
 
 from . import functional
 
-__all__ = ["BCEWithLogitsLoss", "ContrastiveLoss", "CosineEmbeddingLoss", "HuberLoss", "L1Loss", "MSELoss",
+__all__ = ["BatchContrastiveLoss", "BatchHardTripletLoss", "BCEWithLogitsLoss", "ContrastiveLoss", "CosineEmbeddingLoss", "HuberLoss", "L1Loss", "MSELoss",
            "MaskedMSELoss", "SmoothL1Loss", "TripletMarginLoss"]
 
 
@@ -139,3 +139,41 @@ class CosineEmbeddingLoss(torch.nn.CosineEmbeddingLoss):
     def forward(self, input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.cosine_embedding_loss(input1, input2, target, margin=self.margin,
                                                 reduction=self.reduction, backend=self.backend)
+
+
+class BatchContrastiveLoss(torch.nn.Module):
+    """The all-pairs contrastive loss of a batch: forward(embeddings, labels, ref_embeddings=None,
+    ref_labels=None); see :func:`fastloss.batch_contrastive_loss`."""
+
+    def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, *, normalize: bool = True,
+                 reduction: str = "avg_nonzero", backend: str = "auto") -> None:
+        super().__init__()
+        self.pos_margin, self.neg_margin, self.normalize = pos_margin, neg_margin, normalize
+        self.reduction, self.backend = reduction, backend
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return functional.batch_contrastive_loss(
+            embeddings, labels, self.pos_margin, self.neg_margin, normalize=self.normalize,
+            ref_embeddings=ref_embeddings, ref_labels=ref_labels, reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, normalize={self.normalize}, "
+                f"reduction={self.reduction!r}")
+
+
+class BatchHardTripletLoss(torch.nn.Module):
+    """The batch-hard triplet loss: forward(embeddings, labels); see
+    :func:`fastloss.batch_hard_triplet_loss`."""
+
+    def __init__(self, margin: float = 0.05, *, normalize: bool = True, soft: bool = False,
+                 reduction: str = "avg_nonzero", backend: str = "auto") -> None:
+        super().__init__()
+        self.margin, self.normalize, self.soft, self.reduction, self.backend = margin, normalize, soft, reduction, backend
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return functional.batch_hard_triplet_loss(embeddings, labels, self.margin, normalize=self.normalize,
+                                                  soft=self.soft, reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, normalize={self.normalize}, soft={self.soft}, reduction={self.reduction!r}"

@@ -141,3 +141,77 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean"):
     if low is not None:
         return cosine_embedding_loss(input1, input2, target.float(), margin, reduction).to(low)
     return F.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)
+
+
+def pairwise_distances(q, r):
+    """Every Euclidean distance between rows of q (N, D) and r (M, D), in torch.cdist's matrix
+    form sqrt(|q|^2 + |r|^2 - 2 q.r) (float16/bfloat16 through float32), with the in-batch
+    kernels' rule (csrc/formulas/batch_pair.h): a d^2 below the form's resolution,
+    8 eps (|q|^2 + |r|^2), is 0, so duplicates are at distance 0 and pass no gradient."""
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    q, r = q.to(acc), r.to(acc)
+    norms = (q * q).sum(1)[:, None] + (r * r).sum(1)[None, :]
+    d2 = norms - 2.0 * (q @ r.T)
+    d2 = torch.where(d2 > 8 * torch.finfo(acc).eps * norms, d2, torch.where(d2.isnan(), d2, 0.0))
+    return torch.sqrt(d2)
+
+
+def _in_batch_pairs(labels, ref_labels, self_reference):
+    """The positive (same label) and negative pairs of the query x reference matrix; with the
+    batch as its own reference set, a row is not paired with itself."""
+    same = labels[:, None] == ref_labels[None, :]
+    if self_reference:
+        same = same & ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+        return same, labels[:, None] != ref_labels[None, :]
+    return same, ~same
+
+
+def _avg_nonzero(costs):
+    """pytorch-metric-learning's AvgNonZero: the mean of the costs > 0, or 0 when there are none."""
+    nonzero = costs > 0
+    return torch.where(nonzero, costs, 0.0).sum() / nonzero.sum().clamp_min(1)
+
+
+def batch_contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, normalize=True,
+                           ref_embeddings=None, ref_labels=None, reduction="avg_nonzero"):
+    """The in-batch contrastive loss on the materialised N x M distance matrix:
+    pytorch-metric-learning's ContrastiveLoss with its default Euclidean distance."""
+    q = F.normalize(embeddings, dim=1) if normalize else embeddings
+    self_reference = ref_embeddings is None
+    if self_reference:
+        r, ref_labels = q, labels
+    else:
+        r = F.normalize(ref_embeddings, dim=1) if normalize else ref_embeddings
+    d = pairwise_distances(q, r)
+    pos, neg = _in_batch_pairs(labels, ref_labels, self_reference)
+    pos_costs = torch.where(pos, F.relu(d - pos_margin), 0.0)
+    neg_costs = torch.where(neg, F.relu(neg_margin - d), 0.0)
+    if reduction == "avg_nonzero":
+        loss = _avg_nonzero(pos_costs) + _avg_nonzero(neg_costs)
+    else:
+        loss = (pos_costs + neg_costs).sum()
+        if reduction == "mean":
+            loss = loss / (pos.sum() + neg.sum()).clamp_min(1)
+    return loss.to(embeddings.dtype)
+
+
+def batch_hard_triplet_loss(embeddings, labels, margin=0.05, normalize=True, soft=False, reduction="avg_nonzero"):
+    """The batch-hard triplet loss (Hermans et al. 2017) on the materialised distance matrix:
+    per anchor its farthest positive and nearest negative (ties to the lowest index), anchors
+    without either left out; max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when soft."""
+    x = F.normalize(embeddings, dim=1) if normalize else embeddings
+    d = pairwise_distances(x, x)
+    pos, neg = _in_batch_pairs(labels, labels, True)
+    hardest_pos = torch.argmax(torch.where(pos, d, -torch.inf), dim=1, keepdim=True)  # first of the ties
+    hardest_neg = torch.argmin(torch.where(neg, d, torch.inf), dim=1, keepdim=True)
+    d_ap, d_an = d.gather(1, hardest_pos)[:, 0], d.gather(1, hardest_neg)[:, 0]
+    kept = pos.any(1) & neg.any(1)
+    costs = F.softplus(d_ap - d_an) if soft else F.relu(d_ap - d_an + margin)
+    costs = torch.where(kept, costs, 0.0)
+    if reduction == "avg_nonzero":
+        loss = _avg_nonzero(costs)
+    else:
+        loss = costs.sum()
+        if reduction == "mean":
+            loss = loss / kept.sum().clamp_min(1)
+    return loss.to(embeddings.dtype)

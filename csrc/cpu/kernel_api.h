@@ -54,6 +54,38 @@ struct RowArgs {
   bool stream_grads;   // write the gradients with streaming stores (see kStreamingBytes)
 };
 
+// One tile of an in-batch loss (formulas/batch_pair.h): the inner products of `rows` query rows
+// with `cols` reference rows, row-major with row stride ld, in T = float (double for double
+// inputs), with the rows' squared norms and label ids (equal ids: the same label).
+struct PairTileArgs {
+  const void* dots;
+  int64_t rows, cols, ld;
+  const void* q_sq;      // rows values
+  const void* r_sq;      // cols values
+  const int32_t* q_ids;  // rows ids
+  const int32_t* r_ids;  // cols ids
+  bool exclude_self;     // the reference set is the batch: row i is not paired with column i + self_offset
+  int64_t self_offset;   // (the tile's first row minus its first column, in the whole matrix)
+  double margin_a, margin_b;  // contrastive: pos_margin, neg_margin
+  // Contrastive outputs: cost'(d) / d of the positive and of the negative pairs (0 elsewhere),
+  // rows x cols with row stride cols, or null when no gradient is asked; per row, added to:
+  // stats[5 i ...] = sum of the positive costs > 0, their count, the same for the negatives, the
+  // sum of every cost; rowsum_pos/neg[i] = the row's sum of each coefficient tile.
+  void* coef_pos;
+  void* coef_neg;
+  double* stats;
+  void* rowsum_pos;
+  void* rowsum_neg;
+  // Hard-mining state per row (T values, int64 columns of the whole matrix), updated: the
+  // largest distance to a positive and the smallest to a negative, ties to the lowest column.
+  int64_t col0;
+  void* pos_d;
+  int64_t* pos_j;
+  void* neg_d;
+  int64_t* neg_j;
+};
+constexpr int kPairStats = 5;
+
 // Evaluates elements [begin, end) and returns the sum of their (weighted) losses, accumulated
 // in float (double for double inputs) in an order fixed by the element indices alone.
 using PointwiseRangeFn = double (*)(const PointwiseArgs&, int64_t begin, int64_t end);
@@ -65,6 +97,8 @@ using MaskedMseRowsFn = double (*)(const MaskedMseArgs&, int64_t begin, int64_t 
 
 // Rows [begin, end) of a row loss: returns the sum of their losses, writes the rest.
 using RowRangeFn = double (*)(const RowArgs&, int64_t begin, int64_t end);
+// The epilogue of one in-batch tile: the contrastive costs and coefficients, or the hard mining.
+using PairTileFn = void (*)(const PairTileArgs&);
 
 struct KernelTable {
   const char* name;  // the instruction set these kernels were built for
@@ -72,6 +106,8 @@ struct KernelTable {
   SumRangeFn (*sum)(ScalarKind kind);
   MaskedMseRowsFn (*masked_mse)(ScalarKind kind);
   RowRangeFn (*row_loss)(ScalarKind kind, int64_t loss);
+  // kind: kFloat or kDouble (the tiles' type); contrastive or hard mining
+  PairTileFn (*pair_tile)(ScalarKind kind, bool hard_mining);
 };
 
 const KernelTable& kernels_default();

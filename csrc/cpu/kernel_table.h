@@ -2,7 +2,8 @@
 namespace fastloss::cpu::FASTLOSS_ISA {
 
 const KernelTable& table() {
-  static const KernelTable t{FASTLOSS_ISA_NAME, &pointwise_for, &sum_for, &masked_mse_for, &row_loss_for};
+  static const KernelTable t{FASTLOSS_ISA_NAME, &pointwise_for, &sum_for, &masked_mse_for, &row_loss_for,
+                             &pair_tile_for};
   return t;
 }
 

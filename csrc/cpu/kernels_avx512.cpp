@@ -8,7 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
+#include <vector>
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma,prefer-vector-width=512")
 #include <immintrin.h>
@@ -19,6 +21,7 @@
 #include "pointwise_kernels.h"
 #include "masked_mse_kernels.h"
 #include "row_loss_kernels.h"
+#include "batch_pair_kernels.h"
 #include "kernel_table.h"
 
 namespace fastloss::cpu {

@@ -5,6 +5,7 @@
 #include "pointwise_kernels.h"
 #include "masked_mse_kernels.h"
 #include "row_loss_kernels.h"
+#include "batch_pair_kernels.h"
 #include "kernel_table.h"
 
 namespace fastloss::cpu {

@@ -1,0 +1,331 @@
+// CPU implementation of fastloss::batch_pair_loss (formulas/batch_pair.h): the query rows in
+// tasks of kTaskRows on at::parallel_for (a fixed split), each walking the reference rows in
+// tiles of kTileCols in order: the tile's inner products by one BLAS call (single-threaded
+// inside the parallel region), then the epilogue of kernels_<isa>.cpp, then - when training -
+// the coefficient tiles times the reference rows by BLAS into the task's own gradient rows.
+// Nothing N x M is ever held: per worker three tiles of kTaskRows x kTileCols (768 KiB in
+// float), per row five statistics and, when training, two gradient accumulators of D values.
+//
+// The AvgNonZero normalisers (how many positive and negative costs are > 0) are known only at
+// the end of the sweep, so the gradient is accumulated in two parts, positive and negative
+// pairs, and combined with 1/count each at the end: one pass over the matrix, at the price of
+// a second coefficient product per tile (a first pass for the counts would recompute every
+// tile's inner products instead). With the batch as its own reference set the pair matrix is
+// symmetric and each row's gradient is twice its query-role part; with a separate reference
+// set a second, column-owned sweep (the reference rows' tasks over the query tiles, the scales
+// known by then) gives the reference gradient: no two writers to one row, no atomics.
+#include <torch/library.h>
+
+#include "../batch_pair_checks.h"
+#include "cpu_common.h"
+
+namespace fastloss::cpu {
+namespace {
+
+constexpr int64_t kTaskRows = 128;
+constexpr int64_t kTileCols = 512;
+
+// Equal int32 ids for equal labels (the epilogue compares them lane by lane with float values).
+std::pair<at::Tensor, at::Tensor> label_ids(const at::Tensor& q_labels, const std::optional<at::Tensor>& r_labels) {
+  const at::Tensor all = r_labels.has_value() ? at::cat({q_labels, *r_labels}) : q_labels;
+  const at::Tensor ids = std::get<1>(at::_unique2(all, /*sorted=*/false, /*return_inverse=*/true)).to(at::kInt);
+  const int64_t n = q_labels.size(0);
+  at::Tensor q_ids = ids.narrow(0, 0, n).contiguous();
+  at::Tensor r_ids = r_labels.has_value() ? ids.narrow(0, n, r_labels->size(0)).contiguous() : q_ids;
+  return {q_ids, r_ids};
+}
+
+// |x_i|^2 per row, summed in double in index order.
+template <typename T>
+at::Tensor squared_norms(const at::Tensor& x) {
+  const int64_t n = x.size(0), d = x.size(1);
+  at::Tensor out = at::empty({n}, x.options());
+  const T* data = x.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      double s = 0.0;
+      for (int64_t k = 0; k < d; ++k) s += double(data[i * d + k]) * double(data[i * d + k]);
+      o[i] = T(s);
+    }
+  });
+  return out;
+}
+
+// Per worker: the tile of inner products and the two coefficient tiles.
+template <typename T>
+struct Scratch {
+  std::vector<T> dots = std::vector<T>(size_t(kTaskRows * kTileCols));
+  std::vector<T> coef_pos = std::vector<T>(size_t(kTaskRows * kTileCols));
+  std::vector<T> coef_neg = std::vector<T>(size_t(kTaskRows * kTileCols));
+  at::Tensor view(std::vector<T>& buffer, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
+    return at::from_blob(buffer.data(), {rows, cols}, opts);
+  }
+};
+
+// Calls body(scratch, i0, rows, j0, cols) for every tile of rows q x rows r, after writing the
+// tile's inner products into scratch.dots (rows x cols, row stride cols): tasks of kTaskRows
+// query rows in parallel, each walking the reference tiles in order.
+template <typename T, typename Body>
+void for_each_tile(const at::Tensor& q, const at::Tensor& r, const Body& body) {
+  const int64_t n = q.size(0), m = r.size(0);
+  const int64_t tasks = (n + kTaskRows - 1) / kTaskRows;
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    // The ATen calls below run in worker threads, which have their own autograd state.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Scratch<T> scratch;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = t * kTaskRows, rows = std::min(kTaskRows, n - i0);
+      const at::Tensor qi = q.narrow(0, i0, rows);
+      for (int64_t j0 = 0; j0 < m; j0 += kTileCols) {
+        const int64_t cols = std::min(kTileCols, m - j0);
+        at::Tensor dots = scratch.view(scratch.dots, rows, cols, q.options());
+        at::mm_out(dots, qi, r.narrow(0, j0, cols).t());
+        body(scratch, i0, rows, j0, cols);
+      }
+    }
+  });
+}
+
+// The contrastive loss: its value, and (as if grad_output were 1) the gradients asked for.
+template <typename T>
+std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, const at::Tensor& r, bool self,
+                                                         const at::Tensor& q_ids, const at::Tensor& r_ids,
+                                                         int64_t reduction, double pos_margin, double neg_margin,
+                                                         bool need_q, bool need_r) {
+  const int64_t n = q.size(0), m = r.size(0), d = q.size(1);
+  const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
+  const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/false);
+  const at::Tensor q_sq = squared_norms<T>(q), r_sq = self ? q_sq : squared_norms<T>(r);
+  const bool coef = need_q || need_r;
+  std::vector<double> stats(size_t(n * kPairStats), 0.0);
+  at::Tensor acc_pos, acc_neg, rowsum_pos, rowsum_neg;
+  if (need_q) {
+    acc_pos = at::zeros({n, d}, q.options());
+    acc_neg = at::zeros({n, d}, q.options());
+    rowsum_pos = at::zeros({n}, q.options());
+    rowsum_neg = at::zeros({n}, q.options());
+  }
+  auto args_of = [&](Scratch<T>& s, const at::Tensor& rows_sq, const at::Tensor& cols_sq, const at::Tensor& row_ids,
+                     const at::Tensor& col_ids, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    PairTileArgs a{};
+    a.dots = s.dots.data();
+    a.rows = rows;
+    a.cols = cols;
+    a.ld = cols;
+    a.q_sq = rows_sq.data_ptr<T>() + i0;
+    a.r_sq = cols_sq.data_ptr<T>() + j0;
+    a.q_ids = row_ids.data_ptr<int32_t>() + i0;
+    a.r_ids = col_ids.data_ptr<int32_t>() + j0;
+    a.exclude_self = self;
+    a.self_offset = i0 - j0;
+    a.margin_a = pos_margin;
+    a.margin_b = neg_margin;
+    return a;
+  };
+  for_each_tile<T>(q, r, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    PairTileArgs a = args_of(s, q_sq, r_sq, q_ids, r_ids, i0, rows, j0, cols);
+    a.stats = stats.data() + i0 * kPairStats;
+    if (need_q) {
+      a.coef_pos = s.coef_pos.data();
+      a.coef_neg = s.coef_neg.data();
+      a.rowsum_pos = rowsum_pos.data_ptr<T>() + i0;
+      a.rowsum_neg = rowsum_neg.data_ptr<T>() + i0;
+    }
+    tile(a);
+    if (need_q) {
+      const at::Tensor rj = r.narrow(0, j0, cols);
+      acc_pos.narrow(0, i0, rows).addmm_(s.view(s.coef_pos, rows, cols, q.options()), rj);
+      acc_neg.narrow(0, i0, rows).addmm_(s.view(s.coef_neg, rows, cols, q.options()), rj);
+    }
+  });
+
+  double sums[kPairStats] = {};
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < kPairStats; ++k) sums[k] += stats[size_t(i * kPairStats + k)];
+  const double pairs = self ? double(n) * double(n - 1) : double(n) * double(m);
+  double value, scale_pos, scale_neg;
+  switch (static_cast<batch::BatchReduction>(reduction)) {
+    case batch::BatchReduction::kMean:
+      value = pairs > 0 ? sums[4] / pairs : 0.0;
+      scale_pos = scale_neg = pairs > 0 ? 1.0 / pairs : 0.0;
+      break;
+    case batch::BatchReduction::kSum:
+      value = sums[4];
+      scale_pos = scale_neg = 1.0;
+      break;
+    default:  // AvgNonZero: the mean of the positive costs > 0 plus that of the negative ones
+      scale_pos = sums[1] > 0 ? 1.0 / sums[1] : 0.0;
+      scale_neg = sums[3] > 0 ? 1.0 / sums[3] : 0.0;
+      value = sums[0] * scale_pos + sums[2] * scale_neg;
+  }
+  if (!coef) return {value, at::Tensor(), at::Tensor()};
+
+  at::Tensor grad_q, grad_r;
+  if (need_q) {  // sum_j a_ij (q_i - r_j) = q_i rowsum(a)_i - (A R)_i, per part; twice over for the batch itself
+    const T factor = self ? T(2) : T(1), sp = T(scale_pos), sn = T(scale_neg);
+    grad_q = at::empty({n, d}, q.options());
+    const T *x = q.data_ptr<T>(), *ap = acc_pos.data_ptr<T>(), *an = acc_neg.data_ptr<T>();
+    const T *rp = rowsum_pos.data_ptr<T>(), *rn = rowsum_neg.data_ptr<T>();
+    T* g = grad_q.data_ptr<T>();
+    at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        for (int64_t k = 0; k < d; ++k) {
+          const int64_t o = i * d + k;
+          g[o] = factor * (sp * (x[o] * rp[i] - ap[o]) + sn * (x[o] * rn[i] - an[o]));
+        }
+    });
+  }
+  if (need_r) {  // the column-owned sweep: reference rows against the query tiles, scales known
+    std::vector<double> unused(size_t(m * kPairStats), 0.0);
+    at::Tensor acc = at::zeros({m, d}, r.options());
+    at::Tensor rs_pos = at::zeros({m}, r.options()), rs_neg = at::zeros({m}, r.options());
+    for_each_tile<T>(r, q, [&](Scratch<T>& s, int64_t j0, int64_t rows, int64_t i0, int64_t cols) {
+      PairTileArgs a = args_of(s, r_sq, q_sq, r_ids, q_ids, j0, rows, i0, cols);
+      a.exclude_self = false;
+      a.stats = unused.data() + j0 * kPairStats;
+      a.coef_pos = s.coef_pos.data();
+      a.coef_neg = s.coef_neg.data();
+      a.rowsum_pos = rs_pos.data_ptr<T>() + j0;
+      a.rowsum_neg = rs_neg.data_ptr<T>() + j0;
+      tile(a);
+      const at::Tensor qi = q.narrow(0, i0, cols);
+      at::Tensor out = acc.narrow(0, j0, rows);
+      out.addmm_(s.view(s.coef_pos, rows, cols, q.options()), qi, 1.0, scale_pos);
+      out.addmm_(s.view(s.coef_neg, rows, cols, q.options()), qi, 1.0, scale_neg);
+    });
+    const T sp = T(scale_pos), sn = T(scale_neg);
+    grad_r = at::empty({m, d}, r.options());
+    const T *x = r.data_ptr<T>(), *ac = acc.data_ptr<T>(), *rp = rs_pos.data_ptr<T>(), *rn = rs_neg.data_ptr<T>();
+    T* g = grad_r.data_ptr<T>();
+    at::parallel_for(0, m, 64, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j)
+        for (int64_t k = 0; k < d; ++k) {
+          const int64_t o = j * d + k;
+          g[o] = x[o] * (sp * rp[j] + sn * rn[j]) - ac[o];
+        }
+    });
+  }
+  return {value, grad_q, grad_r};
+}
+
+// The batch-hard triplet loss: the mining sweep, each anchor's cost, and (as if grad_output
+// were 1) the gradient, which goes to each anchor, its hardest positive and its hardest
+// negative. Its O(N D) scatter runs over the anchors in index order for every column of D
+// (the columns in parallel): the same bits for any thread count.
+template <typename T>
+std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& ids, int64_t reduction,
+                                                          double margin, bool soft, bool need) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
+  const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/true);
+  const at::Tensor sq = squared_norms<T>(x);
+  const T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> pos_d(size_t(n), -inf), neg_d(size_t(n), inf);
+  std::vector<int64_t> pos_j(size_t(n), -1), neg_j(size_t(n), -1);
+  for_each_tile<T>(x, x, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    PairTileArgs a{};
+    a.dots = s.dots.data();
+    a.rows = rows;
+    a.cols = cols;
+    a.ld = cols;
+    a.q_sq = sq.data_ptr<T>() + i0;
+    a.r_sq = sq.data_ptr<T>() + j0;
+    a.q_ids = ids.data_ptr<int32_t>() + i0;
+    a.r_ids = ids.data_ptr<int32_t>() + j0;
+    a.exclude_self = true;
+    a.self_offset = i0 - j0;
+    a.col0 = j0;
+    a.pos_d = pos_d.data() + i0;
+    a.pos_j = pos_j.data() + i0;
+    a.neg_d = neg_d.data() + i0;
+    a.neg_j = neg_j.data() + i0;
+    tile(a);
+  });
+  std::vector<T> dcost(size_t(n), T(0));
+  std::vector<T> cost(size_t(n), T(0));
+  double total = 0.0, nonzero_total = 0.0, kept = 0.0, nonzero = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (pos_j[size_t(i)] < 0 || neg_j[size_t(i)] < 0) continue;  // no positive or no negative
+    T dc;
+    cost[size_t(i)] = batch::hard_triplet(pos_d[size_t(i)], neg_d[size_t(i)], T(margin), soft, dc);
+    dcost[size_t(i)] = dc;
+    kept += 1;
+    total += double(cost[size_t(i)]);
+    if (cost[size_t(i)] > T(0)) {
+      nonzero += 1;
+      nonzero_total += double(cost[size_t(i)]);
+    }
+  }
+  double value;
+  std::vector<T> weight(size_t(n), T(0));
+  const auto reduce = static_cast<batch::BatchReduction>(reduction);
+  for (int64_t i = 0; i < n; ++i) {
+    const T c = cost[size_t(i)], dc = dcost[size_t(i)];
+    if (reduce == batch::BatchReduction::kAvgNonZero) {
+      weight[size_t(i)] = c > T(0) ? dc / T(nonzero) : T(0);
+    } else {
+      weight[size_t(i)] = reduce == batch::BatchReduction::kMean ? (kept > 0 ? dc / T(kept) : T(0)) : dc;
+    }
+  }
+  if (reduce == batch::BatchReduction::kAvgNonZero) {
+    value = nonzero > 0 ? nonzero_total / nonzero : 0.0;
+  } else {
+    value = reduce == batch::BatchReduction::kMean ? (kept > 0 ? total / kept : 0.0) : total;
+  }
+  if (!need) return {value, at::Tensor(), at::Tensor()};
+  at::Tensor grad = at::zeros({n, d}, x.options());
+  const T* v = x.data_ptr<T>();
+  T* g = grad.data_ptr<T>();
+  at::parallel_for(0, d, 16, [&](int64_t k0, int64_t k1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T w = weight[size_t(i)];
+      if (w == T(0)) continue;
+      const int64_t p = pos_j[size_t(i)], q = neg_j[size_t(i)];
+      const T cp = batch::over_distance(w, pos_d[size_t(i)]), cn = batch::over_distance(w, neg_d[size_t(i)]);
+      for (int64_t k = k0; k < k1; ++k) {
+        const T to_p = v[i * d + k] - v[p * d + k], to_n = v[i * d + k] - v[q * d + k];
+        g[i * d + k] += cp * to_p - cn * to_n;
+        g[p * d + k] -= cp * to_p;
+        g[q * d + k] += cn * to_n;
+      }
+    }
+  });
+  return {value, grad, at::Tensor()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
+    const at::Tensor& q, const std::optional<at::Tensor>& r, const at::Tensor& q_labels,
+    const std::optional<at::Tensor>& r_labels, int64_t loss, int64_t reduction, double margin_a, double margin_b,
+    bool need_grad_q, bool need_grad_r) {
+  check_batch_pair_args(q, r, q_labels, r_labels, loss, reduction);
+  const bool self = !r.has_value();
+  need_grad_r = need_grad_r && !self;
+  const auto opts = q.options();
+  // The tiles are float (double for double inputs): half and bfloat16 rows are converted once.
+  const at::ScalarType acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor qa = q.detach().to(acc).contiguous();
+  const at::Tensor ra = self ? qa : r->detach().to(acc).contiguous();
+  auto [q_ids, r_ids] = label_ids(q_labels, r_labels);
+  std::tuple<double, at::Tensor, at::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "batch_pair_loss_cpu", [&] {
+    if (static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kContrastive) {
+      result = contrastive<scalar_t>(qa, ra, self, q_ids, r_ids, reduction, margin_a, margin_b, need_grad_q,
+                                     need_grad_r);
+    } else {
+      result = hard_triplet<scalar_t>(qa, q_ids, reduction, margin_a,
+                                      static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kHardSoftTriplet,
+                                      need_grad_q);
+    }
+  });
+  at::Tensor value = at::empty({}, opts);
+  value.fill_(std::get<0>(result));
+  auto out = [&](const at::Tensor& g, bool need) { return need ? g.to(q.scalar_type()) : at::empty({0}, opts); };
+  return {value, out(std::get<1>(result), need_grad_q), out(std::get<2>(result), need_grad_r)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) { m.impl("batch_pair_loss", &batch_pair_loss_cpu); }
+
+}  // namespace fastloss::cpu
