@@ -18,7 +18,7 @@ setup: $(VENV)/.built
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja setuptools wheel \
-		pytest pytest-benchmark scikit-learn expecttest
+		pytest pytest-benchmark scikit-learn expecttest pytorch-metric-learning==2.9.0 tqdm
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -30,11 +30,13 @@ TORCH_LIBRARY(fastloss, m) {
   // (M, D), or against q itself (every ordered pair i != j) when r is absent, with integer
   // labels (N,) and (M,); computed tile by tile, never holding the N x M matrix. loss: 0
   // contrastive (margin_a, margin_b = pos_margin, neg_margin), 1 batch-hard triplet (margin_a =
-  // margin), 2 its soft-margin form; reduction: 1 mean, 2 sum, 3 AvgNonZero. Returns (loss,
-  // grad_q, grad_r): the loss 0-d, each gradient as if grad_output were 1, or empty when not asked.
+  // margin), 2 its soft-margin form; reduction: 1 mean, 2 sum, 3 AvgNonZero; normalize: the rows
+  // are L2-normalised first (F.normalize, its backward included). Returns (loss, grad_q, grad_r):
+  // the loss 0-d, each gradient as if grad_output were 1, or empty when not asked.
   m.def(
       "batch_pair_loss(Tensor q, Tensor? r, Tensor q_labels, Tensor? r_labels, int loss, int reduction, "
-      "float margin_a, float margin_b, bool need_grad_q, bool need_grad_r) -> (Tensor, Tensor, Tensor)");
+      "float margin_a, float margin_b, bool normalize, bool need_grad_q, bool need_grad_r) "
+      "-> (Tensor, Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

@@ -200,6 +200,8 @@ def batch_hard_triplet_loss(embeddings, labels, margin=0.05, normalize=True, sof
     per anchor its farthest positive and nearest negative (ties to the lowest index), anchors
     without either left out; max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when soft."""
     x = F.normalize(embeddings, dim=1) if normalize else embeddings
+    if x.shape[0] == 0:
+        return x.sum() * 0  # no anchors: 0, with a gradient of zeros
     d = pairwise_distances(x, x)
     pos, neg = _in_batch_pairs(labels, labels, True)
     hardest_pos = torch.argmax(torch.where(pos, d, -torch.inf), dim=1, keepdim=True)  # first of the ties

@@ -26,6 +26,7 @@ STATS = 5  # per row: positive costs > 0 (sum, count), negative ones (sum, count
 INF: tl.constexpr = float("inf")
 NAN: tl.constexpr = float("nan")
 NO_COLUMN: tl.constexpr = 1 << 62
+NORM_EPS = 1e-12  # F.normalize's eps
 
 
 @triton.jit
@@ -38,10 +39,12 @@ def _epsilon(ACC: tl.constexpr):
 
 
 @triton.jit
-def _distances(x_ptr, y_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n_x, n_y, d, ACC: tl.constexpr,
-               PRECISION: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The tile of distances between rows x[rows] and y[cols]: the matrix form with
-    batch_pair.h's resolution rule (d^2 below 8 eps (|x|^2 + |y|^2) is 0)."""
+def _distances(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n_x, n_y, d,
+               ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """The tile of distances between the scaled rows x[rows] * x_scale and y[cols] * y_scale
+    (unit rows, or the rows as given): the matrix form with batch_pair.h's resolution rule
+    (d^2 below 8 eps (|x|^2 + |y|^2) is 0)."""
     dots = tl.zeros([BLOCK_X, BLOCK_Y], dtype=ACC)
     for k0 in range(0, d, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -50,6 +53,8 @@ def _distances(x_ptr, y_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n_x, n_y, d, ACC: t
         b = tl.load(y_ptr + cols[:, None].to(tl.int64) * d + k[None, :],
                     mask=(cols[:, None] < n_y) & (k[None, :] < d), other=0.0).to(ACC)
         dots += tl.dot(a, tl.trans(b), input_precision=PRECISION, out_dtype=ACC)
+    dots = dots * tl.load(x_scale_ptr + rows, mask=rows < n_x, other=0.0)[:, None]
+    dots = dots * tl.load(y_scale_ptr + cols, mask=cols < n_y, other=0.0)[None, :]
     x_sq = tl.load(x_sq_ptr + rows, mask=rows < n_x, other=0.0)
     y_sq = tl.load(y_sq_ptr + cols, mask=cols < n_y, other=0.0)
     norms = x_sq[:, None] + y_sq[None, :]
@@ -69,12 +74,12 @@ def _relu_keep_nan(v):
 
 
 @triton.jit
-def _contrastive_tile(x_ptr, y_ptr, x_sq_ptr, y_sq_ptr, x_lab_ptr, y_lab_ptr, rows, cols, n_x, n_y, d,
-                      pos_margin, neg_margin, SELF: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                      BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_K: tl.constexpr):
+def _contrastive_tile(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr, x_lab_ptr, y_lab_ptr, rows, cols,
+                      n_x, n_y, d, pos_margin, neg_margin, SELF: tl.constexpr, ACC: tl.constexpr,
+                      PRECISION: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_K: tl.constexpr):
     """The contrastive tile: each pair's cost (positive and negative apart) and cost'(d) / d."""
-    dist = _distances(x_ptr, y_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n_x, n_y, d, ACC, PRECISION, BLOCK_X, BLOCK_Y,
-                      BLOCK_K)
+    dist = _distances(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n_x, n_y, d, ACC,
+                      PRECISION, BLOCK_X, BLOCK_Y, BLOCK_K)
     x_lab = tl.load(x_lab_ptr + rows, mask=rows < n_x, other=0)
     y_lab = tl.load(y_lab_ptr + cols, mask=cols < n_y, other=0)
     inside = (rows[:, None] < n_x) & (cols[None, :] < n_y)
@@ -93,9 +98,10 @@ def _contrastive_tile(x_ptr, y_ptr, x_sq_ptr, y_sq_ptr, x_lab_ptr, y_lab_ptr, ro
 
 
 @triton.jit
-def _accumulate_product(acc_ptr, coef, y_ptr, rows, cols, n_x, n_y, d, ACC: tl.constexpr,
+def _accumulate_product(acc_ptr, coef, y_ptr, y_scale_ptr, rows, cols, n_x, n_y, d, ACC: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[rows] += coef @ y[cols], D in BLOCK_K steps (the program owns these rows)."""
+    """acc[rows] += coef @ (y[cols] * y_scale), D in BLOCK_K steps (the program owns these rows)."""
+    coef = coef * tl.load(y_scale_ptr + cols, mask=cols < n_y, other=0.0)[None, :]
     for k0 in range(0, d, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         y = tl.load(y_ptr + cols[:, None].to(tl.int64) * d + k[None, :],
@@ -107,7 +113,8 @@ def _accumulate_product(acc_ptr, coef, y_ptr, rows, cols, n_x, n_y, d, ACC: tl.c
 
 
 @triton.jit(do_not_specialize=["pos_margin_bits", "neg_margin_bits"])
-def _contrastive_sweep_kernel(q_ptr, r_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab_ptr, stats_ptr,
+def _contrastive_sweep_kernel(q_ptr, r_ptr, q_scale_ptr, r_scale_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab_ptr,
+                              stats_ptr,
                               acc_pos_ptr, acc_neg_ptr, rowsum_ptr, n, m, d, pos_margin_bits, neg_margin_bits,
                               SELF: tl.constexpr, GRAD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -124,8 +131,8 @@ def _contrastive_sweep_kernel(q_ptr, r_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab
     for j0 in range(0, m, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         cost_p, cost_n, coef_p, coef_n = _contrastive_tile(
-            q_ptr, r_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab_ptr, rows, cols, n, m, d, pos_margin, neg_margin,
-            SELF, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+            q_ptr, r_ptr, q_scale_ptr, r_scale_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab_ptr, rows, cols, n, m, d,
+            pos_margin, neg_margin, SELF, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         s_pos += tl.sum(tl.where(cost_p > 0, cost_p, 0.0), axis=1)
         c_pos += tl.sum(tl.where(cost_p > 0, 1.0, 0.0), axis=1)
         s_neg += tl.sum(tl.where(cost_n > 0, cost_n, 0.0), axis=1)
@@ -134,8 +141,10 @@ def _contrastive_sweep_kernel(q_ptr, r_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab
         if GRAD:
             sum_pos += tl.sum(coef_p, axis=1)
             sum_neg += tl.sum(coef_n, axis=1)
-            _accumulate_product(acc_pos_ptr, coef_p, r_ptr, rows, cols, n, m, d, ACC, PRECISION, BLOCK_K)
-            _accumulate_product(acc_neg_ptr, coef_n, r_ptr, rows, cols, n, m, d, ACC, PRECISION, BLOCK_K)
+            _accumulate_product(acc_pos_ptr, coef_p, r_ptr, r_scale_ptr, rows, cols, n, m, d, ACC, PRECISION,
+                                BLOCK_K)
+            _accumulate_product(acc_neg_ptr, coef_n, r_ptr, r_scale_ptr, rows, cols, n, m, d, ACC, PRECISION,
+                                BLOCK_K)
     inside = rows < n
     base = stats_ptr + rows.to(tl.int64) * 5
     tl.store(base, s_pos, mask=inside)
@@ -149,7 +158,8 @@ def _contrastive_sweep_kernel(q_ptr, r_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab
 
 
 @triton.jit(do_not_specialize=["pos_margin_bits", "neg_margin_bits"])
-def _contrastive_column_kernel(r_ptr, q_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_lab_ptr, scales_ptr, acc_ptr,
+def _contrastive_column_kernel(r_ptr, q_ptr, r_scale_ptr, q_scale_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_lab_ptr,
+                               scales_ptr, acc_ptr,
                                rowsum_ptr, m, n, d, pos_margin_bits, neg_margin_bits, ACC: tl.constexpr,
                                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                BLOCK_K: tl.constexpr):
@@ -164,16 +174,16 @@ def _contrastive_column_kernel(r_ptr, q_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_la
     for i0 in range(0, n, BLOCK_N):
         cols = i0 + tl.arange(0, BLOCK_N)
         cost_p, cost_n, coef_p, coef_n = _contrastive_tile(
-            r_ptr, q_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_lab_ptr, rows, cols, m, n, d, pos_margin, neg_margin,
-            False, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+            r_ptr, q_ptr, r_scale_ptr, q_scale_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_lab_ptr, rows, cols, m, n, d,
+            pos_margin, neg_margin, False, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         coef = scale_pos * coef_p + scale_neg * coef_n
         total += tl.sum(coef, axis=1)
-        _accumulate_product(acc_ptr, coef, q_ptr, rows, cols, m, n, d, ACC, PRECISION, BLOCK_K)
+        _accumulate_product(acc_ptr, coef, q_ptr, q_scale_ptr, rows, cols, m, n, d, ACC, PRECISION, BLOCK_K)
     tl.store(rowsum_ptr + rows, total, mask=rows < m)
 
 
 @triton.jit
-def _hard_mining_kernel(x_ptr, x_sq_ptr, lab_ptr, pos_d_ptr, pos_j_ptr, neg_d_ptr, neg_j_ptr, n, d,
+def _hard_mining_kernel(x_ptr, x_scale_ptr, x_sq_ptr, lab_ptr, pos_d_ptr, pos_j_ptr, neg_d_ptr, neg_j_ptr, n, d,
                         ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr):
     """Per anchor row: the largest distance to a positive and the smallest to a negative, ties to
@@ -187,8 +197,8 @@ def _hard_mining_kernel(x_ptr, x_sq_ptr, lab_ptr, pos_d_ptr, pos_j_ptr, neg_d_pt
     idx_n = tl.full([BLOCK_M], -1, tl.int64)
     for j0 in range(0, n, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        dist = _distances(x_ptr, x_ptr, x_sq_ptr, x_sq_ptr, rows, cols, n, n, d, ACC, PRECISION, BLOCK_M, BLOCK_N,
-                          BLOCK_K)
+        dist = _distances(x_ptr, x_ptr, x_scale_ptr, x_scale_ptr, x_sq_ptr, x_sq_ptr, rows, cols, n, n, d, ACC,
+                          PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         col_lab = tl.load(lab_ptr + cols, mask=cols < n, other=0)
         inside = (rows[:, None] < n) & (cols[None, :] < n)
         same = col_lab[None, :] == lab[:, None]
@@ -251,14 +261,34 @@ def _segment_sum(out: torch.Tensor, src: torch.Tensor, target: torch.Tensor) -> 
     _segment_sum_kernel[(out.shape[0], triton.cdiv(d, block))](src, order, offsets, out, d, BLOCK_D=block)
 
 
-def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, need_q, need_r):
+def _row_scales(x, normalize, acc_torch):
+    """Per row: 1 / max(|x_i|, 1e-12) for unit rows (F.normalize), else 1; and the squared norm
+    of the scaled row."""
+    sq = x.to(acc_torch).square().sum(1)
+    if not normalize:
+        return torch.ones_like(sq), sq
+    scale = 1.0 / sq.sqrt().clamp_min(NORM_EPS)
+    return scale, sq * scale * scale
+
+
+def _unit_row_backward(g, x, scale, normalize):
+    """d L / d x from g = d L / d(x scale): F.normalize's backward where normalising."""
+    if not normalize:
+        return g
+    u = x * scale[:, None]
+    norm = x.square().sum(1).sqrt()
+    along = torch.where(norm > NORM_EPS, (u * g).sum(1), 0.0)[:, None]
+    return (g - u * along) * scale[:, None]
+
+
+def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, normalize, need_q, need_r):
     self_ref = r is None
     ref, ref_labels = (q, q_labels) if self_ref else (r, r_labels)
     n, d = q.shape
     m = ref.shape[0]
     acc_tl, acc_torch = _acc_of(q.dtype)
-    q_sq = q.to(acc_torch).square().sum(1)
-    r_sq = q_sq if self_ref else ref.to(acc_torch).square().sum(1)
+    q_scale, q_sq = _row_scales(q, normalize, acc_torch)
+    r_scale, r_sq = (q_scale, q_sq) if self_ref else _row_scales(ref, normalize, acc_torch)
     stats = torch.empty((n, STATS), dtype=acc_torch, device=q.device)
     acc_pos = torch.zeros((n, d), dtype=acc_torch, device=q.device) if need_q else stats
     acc_neg = torch.zeros((n, d), dtype=acc_torch, device=q.device) if need_q else stats
@@ -267,7 +297,8 @@ def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, ne
     precision = _precision(q.dtype)
     if n > 0 and m > 0:
         _contrastive_sweep_kernel[(triton.cdiv(n, BLOCK_M),)](
-            q, ref, q_sq, r_sq, q_labels, ref_labels, stats, acc_pos, acc_neg, rowsums, n, m, d, *margins,
+            q, ref, q_scale, r_scale, q_sq, r_sq, q_labels, ref_labels, stats, acc_pos, acc_neg, rowsums, n, m, d,
+            *margins,
             SELF=self_ref, GRAD=need_q, ACC=acc_tl, PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
             BLOCK_K=BLOCK_K)
     else:
@@ -285,36 +316,38 @@ def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, ne
         counts = torch.stack((sums[1], sums[3]))
         scales = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), 0.0)
         value = sums[0] * scales[0] + sums[2] * scales[1]
-    loss = value.to(q.dtype).reshape(())
+    loss = value.to(q.dtype, copy=True)  # a fresh 0-d tensor, not a view (the op's output)
     grad_q = q.new_empty(0)
     grad_r = q.new_empty(0)
     sc = scales.to(acc_torch)
     if need_q:
         x = q.to(acc_torch)
-        g = sc[0] * (x * rowsums[:, :1] - acc_pos) + sc[1] * (x * rowsums[:, 1:] - acc_neg)
-        grad_q = (g * 2.0 if self_ref else g).to(q.dtype)
+        u = x * q_scale[:, None]
+        g = sc[0] * (u * rowsums[:, :1] - acc_pos) + sc[1] * (u * rowsums[:, 1:] - acc_neg)
+        grad_q = _unit_row_backward(g * 2.0 if self_ref else g, x, q_scale, normalize).to(q.dtype)
     if need_r and not self_ref:
         acc = torch.zeros((m, d), dtype=acc_torch, device=q.device)
         total = torch.zeros(m, dtype=acc_torch, device=q.device)
         if n > 0 and m > 0:
             _contrastive_column_kernel[(triton.cdiv(m, BLOCK_M),)](
-                ref, q, r_sq, q_sq, ref_labels, q_labels, sc, acc, total, m, n, d, *margins, ACC=acc_tl,
-                PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
-        grad_r = (ref.to(acc_torch) * total[:, None] - acc).to(q.dtype)
+                ref, q, r_scale, q_scale, r_sq, q_sq, ref_labels, q_labels, sc, acc, total, m, n, d, *margins,
+                ACC=acc_tl, PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        y = ref.to(acc_torch)
+        grad_r = _unit_row_backward(y * r_scale[:, None] * total[:, None] - acc, y, r_scale, normalize).to(q.dtype)
     return loss, grad_q, grad_r
 
 
-def _hard_triplet(x, labels, reduction, margin, soft, need):
+def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
     n, d = x.shape
     acc_tl, acc_torch = _acc_of(x.dtype)
-    sq = x.to(acc_torch).square().sum(1)
+    scale, sq = _row_scales(x, normalize, acc_torch)
     pos_d = torch.full((n,), float("-inf"), dtype=acc_torch, device=x.device)
     neg_d = torch.full((n,), float("inf"), dtype=acc_torch, device=x.device)
     pos_j = torch.full((n,), -1, dtype=torch.int64, device=x.device)
     neg_j = torch.full((n,), -1, dtype=torch.int64, device=x.device)
     if n > 0:
         _hard_mining_kernel[(triton.cdiv(n, BLOCK_M),)](
-            x, sq, labels, pos_d, pos_j, neg_d, neg_j, n, d, ACC=acc_tl, PRECISION=_precision(x.dtype),
+            x, scale, sq, labels, pos_d, pos_j, neg_d, neg_j, n, d, ACC=acc_tl, PRECISION=_precision(x.dtype),
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
     kept = (pos_j >= 0) & (neg_j >= 0)
     # batch_pair.h's hard_triplet, per anchor
@@ -342,10 +375,10 @@ def _hard_triplet(x, labels, reduction, margin, soft, need):
     else:
         value = cost64.sum()
         weight = dcost
-    loss = value.to(x.dtype).reshape(())
+    loss = value.to(x.dtype, copy=True)
     if not need:
         return loss, x.new_empty(0), x.new_empty(0)
-    xa = x.to(acc_torch)
+    xa = x.to(acc_torch) * scale[:, None]  # the rows the distances are of
     p, q = pos_j.clamp_min(0), neg_j.clamp_min(0)
     cp = torch.where(pos_d > 0, weight / torch.where(pos_d > 0, pos_d, 1.0), 0.0)[:, None]
     cn = torch.where(neg_d > 0, weight / torch.where(neg_d > 0, neg_d, 1.0), 0.0)[:, None]
@@ -353,12 +386,14 @@ def _hard_triplet(x, labels, reduction, margin, soft, need):
     grad = cp * to_p - cn * to_n
     _segment_sum(grad, (-cp * to_p).contiguous(), p)
     _segment_sum(grad, (cn * to_n).contiguous(), q)
-    return loss, grad.to(x.dtype), x.new_empty(0)
+    return loss, _unit_row_backward(grad, x.to(acc_torch), scale, normalize).to(x.dtype), x.new_empty(0)
 
 
-def batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, need_grad_q, need_grad_r):
+def batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize, need_grad_q,
+                    need_grad_r):
     """(loss, grad_q, grad_r) of the in-batch loss `loss` on rows q (and r) of one float dtype."""
     with _device_scope(q):
         if loss == CONTRASTIVE:
-            return _contrastive(q, r, q_labels, r_labels, reduction, margin_a, margin_b, need_grad_q, need_grad_r)
-        return _hard_triplet(q, q_labels, reduction, margin_a, loss == HARD_SOFT_TRIPLET, need_grad_q)
+            return _contrastive(q, r, q_labels, r_labels, reduction, margin_a, margin_b, normalize, need_grad_q,
+                                need_grad_r)
+        return _hard_triplet(q, q_labels, reduction, margin_a, loss == HARD_SOFT_TRIPLET, normalize, need_grad_q)

@@ -216,3 +216,68 @@ def inputs(case: Case, dtype=torch.float64, seed=0, shape=None, device="cpu"):
     if case.kinks:
         values = _away_from(values, case.kinks)
     return [v.detach().to(device).requires_grad_() for v in values]
+
+
+def _batch_labels(x):
+    return torch.arange(x.shape[0], device=x.device) % 3
+
+
+def _embedding_pair(shape, dtype, gen):
+    a, b = _normal(shape, dtype, gen, 2)
+    return [a, b[..., :-1, :]]  # a reference set one row shorter
+
+
+def _direct_distances(q, r):
+    """|q_i - r_j| from the differences (not the matrix form the kernels use), differentiable to
+    any order away from d = 0: zero distances go through a safe square root."""
+    d2 = ((q[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+    zero = d2 == 0
+    return torch.where(zero, 0.0, torch.where(zero, 1.0, d2).sqrt())
+
+
+def batch_contrastive_formula(x, y, pos_margin, neg_margin, ref=None, ref_y=None, reduction="avg_nonzero"):
+    """pytorch-metric-learning's ContrastiveLoss on unit rows, vectorised (vmap and jvp run it)."""
+    q = F.normalize(x, dim=1)
+    r, ry = (q, y) if ref is None else (F.normalize(ref, dim=1), ref_y)
+    d = _direct_distances(q, r)
+    same = y[:, None] == ry[None, :]
+    pos = same & ~torch.eye(len(y), dtype=torch.bool, device=x.device) if ref is None else same
+    pc = torch.where(pos, (d - pos_margin).clamp_min(0), 0.0)
+    nc = torch.where(~same, (neg_margin - d).clamp_min(0), 0.0)
+    if reduction == "sum":
+        return pc.sum() + nc.sum()
+    return pc.sum() / (pc > 0).sum().clamp_min(1) + nc.sum() / (nc > 0).sum().clamp_min(1)
+
+
+def batch_hard_formula(x, y, margin, soft=False, reduction="avg_nonzero"):
+    """The batch-hard triplet loss on unit rows, vectorised: argmax and argmin take the first of
+    equal values."""
+    q = F.normalize(x, dim=1)
+    d = _direct_distances(q, q)
+    same = y[:, None] == y[None, :]
+    pos = same & ~torch.eye(len(y), dtype=torch.bool, device=x.device)
+    d_ap = d.gather(1, torch.where(pos, d, -torch.inf).argmax(1, keepdim=True))[:, 0]
+    d_an = d.gather(1, torch.where(~same, d, torch.inf).argmin(1, keepdim=True))[:, 0]
+    costs = F.softplus(d_ap - d_an) if soft else (d_ap - d_an + margin).clamp_min(0)
+    kept = pos.any(1) & (~same).any(1)
+    costs = torch.where(kept, costs, 0.0)
+    if reduction == "mean":
+        return costs.sum() / kept.sum().clamp_min(1)
+    return costs.sum() / (costs > 0).sum().clamp_min(1)
+
+
+def batch_cases() -> list[Case]:
+    """The in-batch losses (their oracle, vectorised, beside test_batch_losses' definitions)."""
+    return [
+        Case("batch_contrastive", lambda x, **k: fastloss.batch_contrastive_loss(x, _batch_labels(x), 0.1, 1.2, **k),
+             lambda x: batch_contrastive_formula(x, _batch_labels(x), 0.1, 1.2), 1, shape=(7, 4)),
+        Case("batch_contrastive-ref", lambda x, r, **k: fastloss.batch_contrastive_loss(
+            x, _batch_labels(x), 0.1, 1.2, ref_embeddings=r, ref_labels=_batch_labels(r), reduction="sum", **k),
+             lambda x, r: batch_contrastive_formula(x, _batch_labels(x), 0.1, 1.2, ref=r, ref_y=_batch_labels(r),
+                                                    reduction="sum"), 2, shape=(7, 4), make=_embedding_pair),
+        Case("batch_hard_triplet", lambda x, **k: fastloss.batch_hard_triplet_loss(x, _batch_labels(x), 0.4, **k),
+             lambda x: batch_hard_formula(x, _batch_labels(x), 0.4), 1, shape=(7, 4)),
+        Case("batch_hard_soft", lambda x, **k: fastloss.batch_hard_triplet_loss(x, _batch_labels(x), soft=True,
+                                                                                reduction="mean", **k),
+             lambda x: batch_hard_formula(x, _batch_labels(x), 0.0, soft=True, reduction="mean"), 1, shape=(7, 4)),
+    ]

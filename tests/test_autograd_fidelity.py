@@ -12,11 +12,11 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 from conftest import backend_params
-from loss_cases import inputs, masked_cases, pointwise_cases, row_cases
+from loss_cases import batch_cases, inputs, masked_cases, pointwise_cases, row_cases
 from fastloss.ops import autograd as fused_autograd
 
 BACKENDS = [p for p in backend_params()]
-CASES = pointwise_cases("mean") + row_cases("mean") + masked_cases()
+CASES = pointwise_cases("mean") + row_cases("mean") + masked_cases() + batch_cases()
 NONE_CASES = pointwise_cases("none") + row_cases("none")
 
 

@@ -12,6 +12,8 @@ namespace {
 template <typename T>
 void contrastive_tile(const PairTileArgs& a) {
   const T* dots = static_cast<const T*>(a.dots);
+  const T* q_scale = static_cast<const T*>(a.q_scale);
+  const T* r_scale = static_cast<const T*>(a.r_scale);
   const T* q_sq = static_cast<const T*>(a.q_sq);
   const T* r_sq = static_cast<const T*>(a.r_sq);
   T* coef_pos = static_cast<T*>(a.coef_pos);
@@ -19,7 +21,7 @@ void contrastive_tile(const PairTileArgs& a) {
   const T pos_margin = T(a.margin_a), neg_margin = T(a.margin_b);
   for (int64_t i = 0; i < a.rows; ++i) {
     const T* row = dots + i * a.ld;
-    const T qs = q_sq[i];
+    const T qs = q_sq[i], qscale = q_scale[i];
     const int32_t id = a.q_ids[i];
     const int64_t self_col = a.exclude_self ? i + a.self_offset : -1;
     T lanes[7][kLanes] = {};
@@ -28,7 +30,7 @@ void contrastive_tile(const PairTileArgs& a) {
       for (int k = 0; k < kLanes; ++k) {  // all lanes (a fixed trip count vectorizes)
         const bool inside = k < n;
         const int64_t c = j + (inside ? k : 0);  // lanes past a tail read column j, then count nothing
-        const T d = std::sqrt(batch::squared_distance(qs, r_sq[c], row[c]));
+        const T d = std::sqrt(batch::squared_distance(qs, r_sq[c], row[c] * qscale * r_scale[c]));
         const bool same = a.r_ids[c] == id;
         const bool pos = inside & same & (c != self_col);  // & not &&: no branches in the lane loop
         const bool neg = inside & !same;
@@ -40,10 +42,11 @@ void contrastive_tile(const PairTileArgs& a) {
         lanes[2][k] += select(cn > T(0), cn, T(0));
         lanes[3][k] += select(cn > T(0), T(1), T(0));
         lanes[4][k] += cp + cn;
-        out_pos[k] = select(pos, ap, T(0));
-        out_neg[k] = select(neg, an, T(0));
-        lanes[5][k] += out_pos[k];
-        lanes[6][k] += out_neg[k];
+        const T coef_p = select(pos, ap, T(0)), coef_n = select(neg, an, T(0));
+        lanes[5][k] += coef_p;
+        lanes[6][k] += coef_n;
+        out_pos[k] = coef_p * r_scale[c];
+        out_neg[k] = coef_n * r_scale[c];
       }
       if (coef_pos) {
         for (int k = 0; k < n; ++k) coef_pos[i * a.cols + j + k] = out_pos[k];
@@ -66,6 +69,8 @@ void contrastive_tile(const PairTileArgs& a) {
 template <typename T>
 void hard_mining_tile(const PairTileArgs& a) {
   const T* dots = static_cast<const T*>(a.dots);
+  const T* q_scale = static_cast<const T*>(a.q_scale);
+  const T* r_scale = static_cast<const T*>(a.r_scale);
   const T* q_sq = static_cast<const T*>(a.q_sq);
   const T* r_sq = static_cast<const T*>(a.r_sq);
   T* pos_d = static_cast<T*>(a.pos_d);
@@ -74,7 +79,7 @@ void hard_mining_tile(const PairTileArgs& a) {
   std::vector<T> cand_pos(size_t(a.cols)), cand_neg(size_t(a.cols));
   for (int64_t i = 0; i < a.rows; ++i) {
     const T* row = dots + i * a.ld;
-    const T qs = q_sq[i];
+    const T qs = q_sq[i], qscale = q_scale[i];
     const int32_t id = a.q_ids[i];
     const int64_t self_col = a.exclude_self ? i + a.self_offset : -1;
     // per lane: the hardest so far and whether a NaN was seen (selects, no reductions: vectorizes)
@@ -89,7 +94,7 @@ void hard_mining_tile(const PairTileArgs& a) {
       for (int k = 0; k < kLanes; ++k) {
         const bool inside = k < n;
         const int64_t c = j + (inside ? k : 0);
-        const T d = std::sqrt(batch::squared_distance(qs, r_sq[c], row[c]));
+        const T d = std::sqrt(batch::squared_distance(qs, r_sq[c], row[c] * qscale * r_scale[c]));
         const bool same = a.r_ids[c] == id;
         const T p = select(inside & same & (c != self_col), d, -inf);
         const T q = select(inside & !same, d, inf);

@@ -35,21 +35,48 @@ std::pair<at::Tensor, at::Tensor> label_ids(const at::Tensor& q_labels, const st
   return {q_ids, r_ids};
 }
 
-// |x_i|^2 per row, summed in double in index order.
+constexpr double kNormEps = 1e-12;  // F.normalize's eps
+
+// Per row: the scale that makes it a unit row, 1 / max(|x_i|, 1e-12) (F.normalize), or 1; and
+// the squared norm of the scaled row. Sums in double in index order.
 template <typename T>
-at::Tensor squared_norms(const at::Tensor& x) {
+std::pair<at::Tensor, at::Tensor> row_scales(const at::Tensor& x, bool normalize) {
   const int64_t n = x.size(0), d = x.size(1);
-  at::Tensor out = at::empty({n}, x.options());
+  at::Tensor scale = at::empty({n}, x.options()), sq = at::empty({n}, x.options());
   const T* data = x.data_ptr<T>();
-  T* o = out.data_ptr<T>();
+  T *sc = scale.data_ptr<T>(), *s2 = sq.data_ptr<T>();
   at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       double s = 0.0;
       for (int64_t k = 0; k < d; ++k) s += double(data[i * d + k]) * double(data[i * d + k]);
-      o[i] = T(s);
+      const double f = normalize ? 1.0 / std::max(std::sqrt(s), kNormEps) : 1.0;
+      sc[i] = T(f);
+      s2[i] = T(s * f * f);
     }
   });
-  return out;
+  return {scale, sq};
+}
+
+// g_i <- d L / d x_i in place, from g_i = d L / d(x_i scale_i): F.normalize's backward,
+// (g - u (u . g)) / |x| with u the unit row, or g / 1e-12 where the norm was clamped.
+template <typename T>
+void unit_row_backward(at::Tensor& g, const at::Tensor& x, const at::Tensor& scale) {
+  const int64_t n = x.size(0), d = x.size(1);
+  T* gd = g.data_ptr<T>();
+  const T *xd = x.data_ptr<T>(), *sc = scale.data_ptr<T>();
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T f = sc[i];
+      double norm_sq = 0.0, dot = 0.0;
+      for (int64_t k = 0; k < d; ++k) {
+        norm_sq += double(xd[i * d + k]) * double(xd[i * d + k]);
+        dot += double(xd[i * d + k] * f) * double(gd[i * d + k]);
+      }
+      const bool clamped = !(std::sqrt(norm_sq) > kNormEps);  // no gradient through the clamped norm
+      const T u_dot_g = clamped ? T(0) : T(dot);
+      for (int64_t k = 0; k < d; ++k) gd[i * d + k] = (gd[i * d + k] - xd[i * d + k] * f * u_dot_g) * f;
+    }
+  });
 }
 
 // Per worker: the tile of inner products and the two coefficient tiles.
@@ -92,11 +119,14 @@ template <typename T>
 std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, const at::Tensor& r, bool self,
                                                          const at::Tensor& q_ids, const at::Tensor& r_ids,
                                                          int64_t reduction, double pos_margin, double neg_margin,
-                                                         bool need_q, bool need_r) {
+                                                         bool normalize, bool need_q, bool need_r) {
   const int64_t n = q.size(0), m = r.size(0), d = q.size(1);
   const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
   const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/false);
-  const at::Tensor q_sq = squared_norms<T>(q), r_sq = self ? q_sq : squared_norms<T>(r);
+  const std::pair<at::Tensor, at::Tensor> q_rows = row_scales<T>(q, normalize);
+  const std::pair<at::Tensor, at::Tensor> r_rows = self ? q_rows : row_scales<T>(r, normalize);
+  const at::Tensor &q_scale = q_rows.first, &q_sq = q_rows.second;
+  const at::Tensor &r_scale = r_rows.first, &r_sq = r_rows.second;
   const bool coef = need_q || need_r;
   std::vector<double> stats(size_t(n * kPairStats), 0.0);
   at::Tensor acc_pos, acc_neg, rowsum_pos, rowsum_neg;
@@ -106,13 +136,16 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
     rowsum_pos = at::zeros({n}, q.options());
     rowsum_neg = at::zeros({n}, q.options());
   }
-  auto args_of = [&](Scratch<T>& s, const at::Tensor& rows_sq, const at::Tensor& cols_sq, const at::Tensor& row_ids,
+  auto args_of = [&](Scratch<T>& s, const at::Tensor& rows_scale, const at::Tensor& cols_scale,
+                     const at::Tensor& rows_sq, const at::Tensor& cols_sq, const at::Tensor& row_ids,
                      const at::Tensor& col_ids, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
     PairTileArgs a{};
     a.dots = s.dots.data();
     a.rows = rows;
     a.cols = cols;
     a.ld = cols;
+    a.q_scale = rows_scale.data_ptr<T>() + i0;
+    a.r_scale = cols_scale.data_ptr<T>() + j0;
     a.q_sq = rows_sq.data_ptr<T>() + i0;
     a.r_sq = cols_sq.data_ptr<T>() + j0;
     a.q_ids = row_ids.data_ptr<int32_t>() + i0;
@@ -124,7 +157,7 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
     return a;
   };
   for_each_tile<T>(q, r, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a = args_of(s, q_sq, r_sq, q_ids, r_ids, i0, rows, j0, cols);
+    PairTileArgs a = args_of(s, q_scale, r_scale, q_sq, r_sq, q_ids, r_ids, i0, rows, j0, cols);
     a.stats = stats.data() + i0 * kPairStats;
     if (need_q) {
       a.coef_pos = s.coef_pos.data();
@@ -162,26 +195,30 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
   if (!coef) return {value, at::Tensor(), at::Tensor()};
 
   at::Tensor grad_q, grad_r;
-  if (need_q) {  // sum_j a_ij (q_i - r_j) = q_i rowsum(a)_i - (A R)_i, per part; twice over for the batch itself
+  if (need_q) {  // sum_j a_ij (u_i - v_j) = u_i rowsum(a)_i - (A V)_i per part (u, v the scaled rows),
+    // twice over for the batch against itself; written over acc_pos (no third N x D buffer)
     const T factor = self ? T(2) : T(1), sp = T(scale_pos), sn = T(scale_neg);
-    grad_q = at::empty({n, d}, q.options());
-    const T *x = q.data_ptr<T>(), *ap = acc_pos.data_ptr<T>(), *an = acc_neg.data_ptr<T>();
+    const T *x = q.data_ptr<T>(), *an = acc_neg.data_ptr<T>(), *sc = q_scale.data_ptr<T>();
     const T *rp = rowsum_pos.data_ptr<T>(), *rn = rowsum_neg.data_ptr<T>();
-    T* g = grad_q.data_ptr<T>();
+    T* g = acc_pos.data_ptr<T>();
     at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i)
         for (int64_t k = 0; k < d; ++k) {
           const int64_t o = i * d + k;
-          g[o] = factor * (sp * (x[o] * rp[i] - ap[o]) + sn * (x[o] * rn[i] - an[o]));
+          const T u = x[o] * sc[i];
+          g[o] = factor * (sp * (u * rp[i] - g[o]) + sn * (u * rn[i] - an[o]));
         }
     });
+    acc_neg = at::Tensor();
+    if (normalize) unit_row_backward<T>(acc_pos, q, q_scale);
+    grad_q = acc_pos;
   }
   if (need_r) {  // the column-owned sweep: reference rows against the query tiles, scales known
     std::vector<double> unused(size_t(m * kPairStats), 0.0);
     at::Tensor acc = at::zeros({m, d}, r.options());
     at::Tensor rs_pos = at::zeros({m}, r.options()), rs_neg = at::zeros({m}, r.options());
     for_each_tile<T>(r, q, [&](Scratch<T>& s, int64_t j0, int64_t rows, int64_t i0, int64_t cols) {
-      PairTileArgs a = args_of(s, r_sq, q_sq, r_ids, q_ids, j0, rows, i0, cols);
+      PairTileArgs a = args_of(s, r_scale, q_scale, r_sq, q_sq, r_ids, q_ids, j0, rows, i0, cols);
       a.exclude_self = false;
       a.stats = unused.data() + j0 * kPairStats;
       a.coef_pos = s.coef_pos.data();
@@ -195,16 +232,17 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
       out.addmm_(s.view(s.coef_neg, rows, cols, q.options()), qi, 1.0, scale_neg);
     });
     const T sp = T(scale_pos), sn = T(scale_neg);
-    grad_r = at::empty({m, d}, r.options());
-    const T *x = r.data_ptr<T>(), *ac = acc.data_ptr<T>(), *rp = rs_pos.data_ptr<T>(), *rn = rs_neg.data_ptr<T>();
-    T* g = grad_r.data_ptr<T>();
+    const T *x = r.data_ptr<T>(), *sc = r_scale.data_ptr<T>(), *rp = rs_pos.data_ptr<T>(), *rn = rs_neg.data_ptr<T>();
+    T* g = acc.data_ptr<T>();
     at::parallel_for(0, m, 64, [&](int64_t b, int64_t e) {
       for (int64_t j = b; j < e; ++j)
         for (int64_t k = 0; k < d; ++k) {
           const int64_t o = j * d + k;
-          g[o] = x[o] * (sp * rp[j] + sn * rn[j]) - ac[o];
+          g[o] = x[o] * sc[j] * (sp * rp[j] + sn * rn[j]) - g[o];
         }
     });
+    if (normalize) unit_row_backward<T>(acc, r, r_scale);
+    grad_r = acc;
   }
   return {value, grad_q, grad_r};
 }
@@ -215,11 +253,12 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
 // (the columns in parallel): the same bits for any thread count.
 template <typename T>
 std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& ids, int64_t reduction,
-                                                          double margin, bool soft, bool need) {
+                                                          double margin, bool soft, bool normalize, bool need) {
   const int64_t n = x.size(0), d = x.size(1);
   const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
   const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/true);
-  const at::Tensor sq = squared_norms<T>(x);
+  const std::pair<at::Tensor, at::Tensor> rows_of_x = row_scales<T>(x, normalize);
+  const at::Tensor &scale = rows_of_x.first, &sq = rows_of_x.second;
   const T inf = std::numeric_limits<T>::infinity();
   std::vector<T> pos_d(size_t(n), -inf), neg_d(size_t(n), inf);
   std::vector<int64_t> pos_j(size_t(n), -1), neg_j(size_t(n), -1);
@@ -229,6 +268,8 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
     a.rows = rows;
     a.cols = cols;
     a.ld = cols;
+    a.q_scale = scale.data_ptr<T>() + i0;
+    a.r_scale = scale.data_ptr<T>() + j0;
     a.q_sq = sq.data_ptr<T>() + i0;
     a.r_sq = sq.data_ptr<T>() + j0;
     a.q_ids = ids.data_ptr<int32_t>() + i0;
@@ -276,28 +317,31 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
   if (!need) return {value, at::Tensor(), at::Tensor()};
   at::Tensor grad = at::zeros({n, d}, x.options());
   const T* v = x.data_ptr<T>();
+  const T* sc = scale.data_ptr<T>();
   T* g = grad.data_ptr<T>();
-  at::parallel_for(0, d, 16, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, d, 16, [&](int64_t k0, int64_t k1) {  // in the scaled rows u = x scale
     for (int64_t i = 0; i < n; ++i) {
       const T w = weight[size_t(i)];
       if (w == T(0)) continue;
       const int64_t p = pos_j[size_t(i)], q = neg_j[size_t(i)];
       const T cp = batch::over_distance(w, pos_d[size_t(i)]), cn = batch::over_distance(w, neg_d[size_t(i)]);
       for (int64_t k = k0; k < k1; ++k) {
-        const T to_p = v[i * d + k] - v[p * d + k], to_n = v[i * d + k] - v[q * d + k];
+        const T u = v[i * d + k] * sc[i];
+        const T to_p = u - v[p * d + k] * sc[p], to_n = u - v[q * d + k] * sc[q];
         g[i * d + k] += cp * to_p - cn * to_n;
         g[p * d + k] -= cp * to_p;
         g[q * d + k] += cn * to_n;
       }
     }
   });
+  if (normalize) unit_row_backward<T>(grad, x, scale);
   return {value, grad, at::Tensor()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
     const at::Tensor& q, const std::optional<at::Tensor>& r, const at::Tensor& q_labels,
     const std::optional<at::Tensor>& r_labels, int64_t loss, int64_t reduction, double margin_a, double margin_b,
-    bool need_grad_q, bool need_grad_r) {
+    bool normalize, bool need_grad_q, bool need_grad_r) {
   check_batch_pair_args(q, r, q_labels, r_labels, loss, reduction);
   const bool self = !r.has_value();
   need_grad_r = need_grad_r && !self;
@@ -310,12 +354,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
   std::tuple<double, at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "batch_pair_loss_cpu", [&] {
     if (static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kContrastive) {
-      result = contrastive<scalar_t>(qa, ra, self, q_ids, r_ids, reduction, margin_a, margin_b, need_grad_q,
-                                     need_grad_r);
+      result = contrastive<scalar_t>(qa, ra, self, q_ids, r_ids, reduction, margin_a, margin_b, normalize,
+                                     need_grad_q, need_grad_r);
     } else {
       result = hard_triplet<scalar_t>(qa, q_ids, reduction, margin_a,
                                       static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kHardSoftTriplet,
-                                      need_grad_q);
+                                      normalize, need_grad_q);
     }
   });
   at::Tensor value = at::empty({}, opts);

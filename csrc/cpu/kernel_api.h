@@ -58,9 +58,11 @@ struct RowArgs {
 // with `cols` reference rows, row-major with row stride ld, in T = float (double for double
 // inputs), with the rows' squared norms and label ids (equal ids: the same label).
 struct PairTileArgs {
-  const void* dots;
+  const void* dots;      // of the rows as given: each is scaled by q_scale[i] r_scale[j]
   int64_t rows, cols, ld;
-  const void* q_sq;      // rows values
+  const void* q_scale;   // rows values: 1 / max(|q_i|, 1e-12) for unit rows, else 1
+  const void* r_scale;   // cols values
+  const void* q_sq;      // rows values: the squared norms of the (scaled) rows
   const void* r_sq;      // cols values
   const int32_t* q_ids;  // rows ids
   const int32_t* r_ids;  // cols ids
@@ -68,9 +70,10 @@ struct PairTileArgs {
   int64_t self_offset;   // (the tile's first row minus its first column, in the whole matrix)
   double margin_a, margin_b;  // contrastive: pos_margin, neg_margin
   // Contrastive outputs: cost'(d) / d of the positive and of the negative pairs (0 elsewhere),
-  // rows x cols with row stride cols, or null when no gradient is asked; per row, added to:
+  // times r_scale[j] (so that the tile times the rows as given is the tile times the scaled
+  // rows), rows x cols with row stride cols, or null when no gradient is asked; per row, added to:
   // stats[5 i ...] = sum of the positive costs > 0, their count, the same for the negatives, the
-  // sum of every cost; rowsum_pos/neg[i] = the row's sum of each coefficient tile.
+  // sum of every cost; rowsum_pos/neg[i] = the row's sum of the coefficients (not scaled).
   void* coef_pos;
   void* coef_neg;
   double* stats;

@@ -2,11 +2,12 @@
 autograd, and the entry points that functional.py calls.
 
 Contract (csrc/ops.cpp): batch_pair_loss(q, r?, q_labels, r_labels?, loss, reduction, margin_a,
-margin_b, need_grad_q, need_grad_r) -> (loss, grad_q, grad_r), computed tile by tile without
-the N x M matrix (csrc/formulas/batch_pair.h). The rows arrive already L2-normalised where the
-loss asks for it (that is a torch op here, differentiated by autograd). Gradients are written
-in the forward pass; backward rescales them (pointwise.py's scale_grad_ ops). Autograd,
-create_graph and the torch.func transforms: the shared pattern of autograd.py.
+margin_b, normalize, need_grad_q, need_grad_r) -> (loss, grad_q, grad_r), computed tile by tile
+without the N x M matrix (csrc/formulas/batch_pair.h). The kernels normalise the rows themselves
+(a scale per row applied to the tiles, and F.normalize's backward in the gradient), so no
+normalised copy of the embeddings is made. Gradients are written in the forward pass; backward
+rescales them (pointwise.py's scale_grad_ ops). Autograd, create_graph and the torch.func
+transforms: the shared pattern of autograd.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .. import _args, _backend
 from .. import reference as plain_formulas
@@ -27,7 +27,7 @@ REDUCTIONS = {"mean": 1, "sum": 2, "avg_nonzero": 3}
 REDUCTION_NAMES = {v: k for k, v in REDUCTIONS.items()}
 
 
-def _fake_batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, need_q, need_r):
+def _fake_batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize, need_q, need_r):
     grad_q = torch.empty_like(q) if need_q else q.new_empty(0)
     grad_r = torch.empty_like(r) if (need_r and r is not None) else q.new_empty(0)
     return q.new_empty(()), grad_q, grad_r
@@ -40,13 +40,13 @@ if _backend.cpu_built() and hasattr(torch.ops.fastloss, "batch_pair_loss"):
 @torch.library.custom_op("fastloss::batch_pair_loss_triton", mutates_args=())
 def batch_pair_loss_triton(q: torch.Tensor, r: torch.Tensor | None, q_labels: torch.Tensor,
                            r_labels: torch.Tensor | None, loss: int, reduction: int, margin_a: float,
-                           margin_b: float, need_grad_q: bool,
+                           margin_b: float, normalize: bool, need_grad_q: bool,
                            need_grad_r: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton kernels behind the in-batch contract."""
     from fastloss.kernels import batch_pair_loss as kernel  # imported late: TRITON_INTERPRET is read then
 
-    return kernel.batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, need_grad_q,
-                                  need_grad_r)
+    return kernel.batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize,
+                                  need_grad_q, need_grad_r)
 
 
 batch_pair_loss_triton.register_fake(_fake_batch_pair_loss)
@@ -64,14 +64,16 @@ def _fused(backend: str, config: tuple, needs: tuple, tensors) -> tuple[torch.Te
 
 
 def _plain(config: tuple, tensors) -> torch.Tensor:
-    """The same loss on the materialised distance matrix (rows already normalised): what
-    create_graph and the torch.func transforms differentiate."""
-    loss, reduction_id, margin_a, margin_b = config
+    """The same loss on the materialised distance matrix: what create_graph and the torch.func
+    transforms differentiate."""
+    loss, reduction_id, margin_a, margin_b, normalize = config
     q, r, q_labels, r_labels = tensors
     reduction = REDUCTION_NAMES[reduction_id]
     if loss == CONTRASTIVE:
-        return plain_formulas.batch_contrastive_loss(q, q_labels, margin_a, margin_b, False, r, r_labels, reduction)
-    return plain_formulas.batch_hard_triplet_loss(q, q_labels, margin_a, False, loss == HARD_SOFT_TRIPLET, reduction)
+        return plain_formulas.batch_contrastive_loss(q, q_labels, margin_a, margin_b, normalize, r, r_labels,
+                                                     reduction)
+    return plain_formulas.batch_hard_triplet_loss(q, q_labels, margin_a, normalize, loss == HARD_SOFT_TRIPLET,
+                                                  reduction)
 
 
 # The fused op differentiates q and r, the first two tensors.
@@ -136,14 +138,10 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
         return reference()
     dtype = embeddings.dtype if ref_embeddings is None else _args.result_dtype(
         fn, embeddings=embeddings, ref_embeddings=ref_embeddings)
-    q = embeddings.to(dtype)
-    q = (F.normalize(q, dim=1) if normalize else q).contiguous()
-    r = None
-    if ref_embeddings is not None:
-        r = ref_embeddings.to(dtype)
-        r = (F.normalize(r, dim=1) if normalize else r).contiguous()
+    q = embeddings.to(dtype).contiguous()
+    r = None if ref_embeddings is None else ref_embeddings.to(dtype).contiguous()
     rl = None if ref_labels is None else ref_labels.to(torch.int64).contiguous()
-    config = (CONTRASTIVE, reduction_id, pos_margin, neg_margin)
+    config = (CONTRASTIVE, reduction_id, pos_margin, neg_margin, bool(normalize))
     return apply_fused_loss(FAMILY, config, chosen, [q, r, labels.to(torch.int64).contiguous(), rl])
 
 
@@ -159,6 +157,6 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     chosen = _backend.resolve(backend, embeddings.device)
     if chosen == "torch":
         return reference()
-    x = (F.normalize(embeddings, dim=1) if normalize else embeddings).contiguous()
-    config = (HARD_SOFT_TRIPLET if soft else HARD_TRIPLET, reduction_id, margin, 0.0)
-    return apply_fused_loss(FAMILY, config, chosen, [x, None, labels.to(torch.int64).contiguous(), None])
+    config = (HARD_SOFT_TRIPLET if soft else HARD_TRIPLET, reduction_id, margin, 0.0, bool(normalize))
+    return apply_fused_loss(FAMILY, config, chosen, [embeddings.contiguous(), None,
+                                                     labels.to(torch.int64).contiguous(), None])
