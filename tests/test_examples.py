@@ -33,3 +33,13 @@ def test_siamese_contrastive_curves_agree_and_it_learns(distance):
     assert gap < 1e-5, out
     accuracy = float(re.search(r"fastloss ([0-9.]+)\n", out).group(1))
     assert accuracy > 0.8, out
+
+
+def test_metric_learning_learns_agrees_with_the_peer_and_takes_a_large_batch():
+    out = run_example("metric_learning.py", "--epochs", "6", "--large", "8192")
+    untrained = float(re.search(r"recall@1 of the untrained net: ([0-9.]+)", out).group(1))
+    trained = float(re.search(r"BatchContrastiveLoss: recall@1 on held-out digits ([0-9.]+)", out).group(1))
+    assert trained > 0.9 and trained > untrained, out
+    gap = float(re.search(r"curves agree to ([0-9.e+-]+)", out).group(1))
+    assert gap < 1e-4, out
+    assert "one step on a batch of 8192 embeddings" in out, out
