@@ -30,12 +30,14 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 test: setup
 	$(PY) -m pytest -q tests
 
-# The benchmark report (CPU here: two allocator regimes; see bench/README.md).
+# The benchmark reports (CPU here: two allocator regimes; see the README's Benchmarks), then the
+# in-batch losses' report (time and peak memory against pytorch-metric-learning; about 20 min here).
 bench: setup
 	@command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 && \
 		{ apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
 		  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; } || true
 	$(PY) bench/report.py
+	$(PY) bench/batch_report.py
 
 # A wheel for the GPUs in TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX), tagged with CUDA and torch.
 wheel: $(VENV)/.deps
