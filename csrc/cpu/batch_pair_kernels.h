@@ -24,7 +24,7 @@ void contrastive_tile(const PairTileArgs& a) {
     const T qs = q_sq[i], qscale = q_scale[i];
     const int32_t id = a.q_ids[i];
     const int64_t self_col = a.exclude_self ? i + a.self_offset : -1;
-    T lanes[7][kLanes] = {};
+    T lanes[9][kLanes] = {};
     T out_pos[kLanes], out_neg[kLanes];
     for_each_block(a.cols, [&](int64_t j, auto n) {
       for (int k = 0; k < kLanes; ++k) {  // all lanes (a fixed trip count vectorizes)
@@ -47,6 +47,8 @@ void contrastive_tile(const PairTileArgs& a) {
         lanes[6][k] += coef_n;
         out_pos[k] = coef_p * r_scale[c];
         out_neg[k] = coef_n * r_scale[c];
+        lanes[7][k] += select(out_pos[k] != T(0), T(1), T(0));
+        lanes[8][k] += select(out_neg[k] != T(0), T(1), T(0));
       }
       if (coef_pos) {
         for (int k = 0; k < n; ++k) coef_pos[i * a.cols + j + k] = out_pos[k];
@@ -58,6 +60,10 @@ void contrastive_tile(const PairTileArgs& a) {
     if (a.rowsum_pos) {
       static_cast<T*>(a.rowsum_pos)[i] += T(sum_lanes(lanes[5]));
       static_cast<T*>(a.rowsum_neg)[i] += T(sum_lanes(lanes[6]));
+    }
+    if (a.nonzero_pos) {
+      a.nonzero_pos[i] = int32_t(sum_lanes(lanes[7]));
+      a.nonzero_neg[i] = int32_t(sum_lanes(lanes[8]));
     }
   }
 }

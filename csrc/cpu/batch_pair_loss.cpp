@@ -2,7 +2,8 @@
 // tasks of kTaskRows on at::parallel_for (a fixed split), each walking the reference rows in
 // tiles of kTileCols in order: the tile's inner products by one BLAS call (single-threaded
 // inside the parallel region), then the epilogue of kernels_<isa>.cpp, then - when training -
-// the coefficient tiles times the reference rows by BLAS into the task's own gradient rows.
+// the coefficient tiles times the reference rows (BLAS, or a sum over the nonzero coefficients
+// when a tile is mostly zeros) into the task's own gradient rows.
 // Nothing N x M is ever held: per worker three tiles of kTaskRows x kTileCols (768 KiB in
 // float), per row five statistics and, when training, two gradient accumulators of D values.
 //
@@ -79,16 +80,46 @@ void unit_row_backward(at::Tensor& g, const at::Tensor& x, const at::Tensor& sca
   });
 }
 
-// Per worker: the tile of inner products and the two coefficient tiles.
+// Per worker: the tile of inner products and the two coefficient tiles (with their rows' counts
+// of nonzero coefficients).
 template <typename T>
 struct Scratch {
   std::vector<T> dots = std::vector<T>(size_t(kTaskRows * kTileCols));
   std::vector<T> coef_pos = std::vector<T>(size_t(kTaskRows * kTileCols));
   std::vector<T> coef_neg = std::vector<T>(size_t(kTaskRows * kTileCols));
+  std::vector<int32_t> nonzero_pos = std::vector<int32_t>(size_t(kTaskRows));
+  std::vector<int32_t> nonzero_neg = std::vector<int32_t>(size_t(kTaskRows));
   at::Tensor view(std::vector<T>& buffer, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
     return at::from_blob(buffer.data(), {rows, cols}, opts);
   }
 };
+
+// acc (rows x d) += coef (rows x cols) @ y (cols x d, the tile's rows). A tile of coefficients
+// is often mostly zeros (positive pairs are few when there are many labels; negative pairs cost
+// only within the margin): then a row-by-row sum over its nonzero coefficients, in column order,
+// replaces the matrix product. The choice depends on the data alone, not on threads.
+template <typename T>
+void add_coefficient_product(at::Tensor acc, const T* coef, const int32_t* nonzero, int64_t rows, int64_t cols,
+                             const at::Tensor& y, const at::TensorOptions& opts, double alpha = 1.0) {
+  int64_t total = 0;
+  for (int64_t i = 0; i < rows; ++i) total += nonzero[i];
+  if (total == 0) return;
+  if (total * 32 > rows * cols) {  // dense enough for BLAS
+    acc.addmm_(at::from_blob(const_cast<T*>(coef), {rows, cols}, opts), y, 1.0, alpha);
+    return;
+  }
+  const int64_t d = y.size(1);
+  const T* yd = y.data_ptr<T>();
+  T* out = acc.data_ptr<T>();
+  for (int64_t i = 0; i < rows; ++i) {
+    if (nonzero[i] == 0) continue;
+    for (int64_t j = 0; j < cols; ++j) {
+      const T a = coef[i * cols + j] * T(alpha);
+      if (coef[i * cols + j] == T(0)) continue;
+      for (int64_t k = 0; k < d; ++k) out[i * d + k] += a * yd[j * d + k];
+    }
+  }
+}
 
 // Calls body(scratch, i0, rows, j0, cols) for every tile of rows q x rows r, after writing the
 // tile's inner products into scratch.dots (rows x cols, row stride cols): tasks of kTaskRows
@@ -162,14 +193,18 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
     if (need_q) {
       a.coef_pos = s.coef_pos.data();
       a.coef_neg = s.coef_neg.data();
+      a.nonzero_pos = s.nonzero_pos.data();
+      a.nonzero_neg = s.nonzero_neg.data();
       a.rowsum_pos = rowsum_pos.data_ptr<T>() + i0;
       a.rowsum_neg = rowsum_neg.data_ptr<T>() + i0;
     }
     tile(a);
     if (need_q) {
       const at::Tensor rj = r.narrow(0, j0, cols);
-      acc_pos.narrow(0, i0, rows).addmm_(s.view(s.coef_pos, rows, cols, q.options()), rj);
-      acc_neg.narrow(0, i0, rows).addmm_(s.view(s.coef_neg, rows, cols, q.options()), rj);
+      add_coefficient_product<T>(acc_pos.narrow(0, i0, rows), s.coef_pos.data(), s.nonzero_pos.data(), rows, cols,
+                                 rj, q.options());
+      add_coefficient_product<T>(acc_neg.narrow(0, i0, rows), s.coef_neg.data(), s.nonzero_neg.data(), rows, cols,
+                                 rj, q.options());
     }
   });
 
@@ -223,13 +258,17 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
       a.stats = unused.data() + j0 * kPairStats;
       a.coef_pos = s.coef_pos.data();
       a.coef_neg = s.coef_neg.data();
+      a.nonzero_pos = s.nonzero_pos.data();
+      a.nonzero_neg = s.nonzero_neg.data();
       a.rowsum_pos = rs_pos.data_ptr<T>() + j0;
       a.rowsum_neg = rs_neg.data_ptr<T>() + j0;
       tile(a);
       const at::Tensor qi = q.narrow(0, i0, cols);
       at::Tensor out = acc.narrow(0, j0, rows);
-      out.addmm_(s.view(s.coef_pos, rows, cols, q.options()), qi, 1.0, scale_pos);
-      out.addmm_(s.view(s.coef_neg, rows, cols, q.options()), qi, 1.0, scale_neg);
+      add_coefficient_product<T>(out, s.coef_pos.data(), s.nonzero_pos.data(), rows, cols, qi, q.options(),
+                                 scale_pos);
+      add_coefficient_product<T>(out, s.coef_neg.data(), s.nonzero_neg.data(), rows, cols, qi, q.options(),
+                                 scale_neg);
     });
     const T sp = T(scale_pos), sn = T(scale_neg);
     const T *x = r.data_ptr<T>(), *sc = r_scale.data_ptr<T>(), *rp = rs_pos.data_ptr<T>(), *rn = rs_neg.data_ptr<T>();

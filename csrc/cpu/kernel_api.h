@@ -76,6 +76,8 @@ struct PairTileArgs {
   // sum of every cost; rowsum_pos/neg[i] = the row's sum of the coefficients (not scaled).
   void* coef_pos;
   void* coef_neg;
+  int32_t* nonzero_pos;  // rows values, written with coef_pos/neg: how many of the row's coefficients are not 0
+  int32_t* nonzero_neg;
   double* stats;
   void* rowsum_pos;
   void* rowsum_neg;
