@@ -16,9 +16,6 @@ import fastloss
 from conftest import backend_params
 from helpers import assert_compiled_matches_eager
 
-from pytorch_metric_learning import distances as pml_distances  # the peer, installed by `make test`
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
 
 BACKENDS = backend_params()
 KERNEL_BACKENDS = [p for p in BACKENDS if p.values[0][0] != "torch"]
@@ -226,12 +223,21 @@ def test_empty_and_single_batches_give_zero(backend_device, n):
 
 # ---- pytorch-metric-learning: the peer whose semantics these follow ----
 
+def _peer():
+    """pytorch-metric-learning (installed by `make test`; the GPU machine may lack it)."""
+    distances = pytest.importorskip("pytorch_metric_learning.distances")
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    miners = pytest.importorskip("pytorch_metric_learning.miners")
+    return distances, losses, miners
+
+
 @pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("labeling", ["typical", "one_class", "all_distinct", "singletons"])
 @pytest.mark.parametrize("n", [9, 64], ids=str)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_contrastive_equals_pytorch_metric_learning(backend_device, labeling, n, normalize):
     backend, device = backend_device
+    pml_distances, pml_losses, _ = _peer()
     x, y = make(n, 16, labeling, device=device)
     peer = pml_losses.ContrastiveLoss(distance=pml_distances.LpDistance(normalize_embeddings=normalize))
     xc = x.detach().cpu().requires_grad_()
@@ -256,6 +262,7 @@ def test_contrastive_equals_pytorch_metric_learning(backend_device, labeling, n,
 @pytest.mark.parametrize("n", [9, 64], ids=str)
 def test_hard_triplet_equals_pytorch_metric_learning_batch_hard(backend_device, labeling, n):
     backend, device = backend_device
+    _, pml_losses, pml_miners = _peer()
     x, y = make(n, 16, labeling, device=device)
     xc = x.detach().cpu().requires_grad_()
     mined = pml_miners.BatchHardMiner()(xc, y.cpu())
