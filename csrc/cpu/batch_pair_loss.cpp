@@ -121,6 +121,33 @@ void add_coefficient_product(at::Tensor acc, const T* coef, const int32_t* nonze
   }
 }
 
+// Per-row data of one side of the tiles: scales, squared norms of the scaled rows, label ids.
+struct RowSide {
+  const at::Tensor& scale;
+  const at::Tensor& sq;
+  const at::Tensor& ids;
+};
+
+// The epilogue's arguments for the tile of rows [i0, i0 + rows) by columns [j0, j0 + cols).
+template <typename T>
+PairTileArgs tile_args(Scratch<T>& s, const RowSide& row, const RowSide& col, int64_t i0, int64_t rows, int64_t j0,
+                       int64_t cols, bool exclude_self) {
+  PairTileArgs a{};
+  a.dots = s.dots.data();
+  a.rows = rows;
+  a.cols = cols;
+  a.ld = cols;
+  a.q_scale = row.scale.data_ptr<T>() + i0;
+  a.r_scale = col.scale.data_ptr<T>() + j0;
+  a.q_sq = row.sq.data_ptr<T>() + i0;
+  a.r_sq = col.sq.data_ptr<T>() + j0;
+  a.q_ids = row.ids.data_ptr<int32_t>() + i0;
+  a.r_ids = col.ids.data_ptr<int32_t>() + j0;
+  a.exclude_self = exclude_self;
+  a.self_offset = i0 - j0;
+  return a;
+}
+
 // Calls body(scratch, i0, rows, j0, cols) for every tile of rows q x rows r, after writing the
 // tile's inner products into scratch.dots (rows x cols, row stride cols): tasks of kTaskRows
 // query rows in parallel, each walking the reference tiles in order.
@@ -170,19 +197,8 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
   auto args_of = [&](Scratch<T>& s, const at::Tensor& rows_scale, const at::Tensor& cols_scale,
                      const at::Tensor& rows_sq, const at::Tensor& cols_sq, const at::Tensor& row_ids,
                      const at::Tensor& col_ids, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a{};
-    a.dots = s.dots.data();
-    a.rows = rows;
-    a.cols = cols;
-    a.ld = cols;
-    a.q_scale = rows_scale.data_ptr<T>() + i0;
-    a.r_scale = cols_scale.data_ptr<T>() + j0;
-    a.q_sq = rows_sq.data_ptr<T>() + i0;
-    a.r_sq = cols_sq.data_ptr<T>() + j0;
-    a.q_ids = row_ids.data_ptr<int32_t>() + i0;
-    a.r_ids = col_ids.data_ptr<int32_t>() + j0;
-    a.exclude_self = self;
-    a.self_offset = i0 - j0;
+    PairTileArgs a = tile_args<T>(s, {rows_scale, rows_sq, row_ids}, {cols_scale, cols_sq, col_ids}, i0, rows, j0,
+                                  cols, self);
     a.margin_a = pos_margin;
     a.margin_b = neg_margin;
     return a;
@@ -302,19 +318,7 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
   std::vector<T> pos_d(size_t(n), -inf), neg_d(size_t(n), inf);
   std::vector<int64_t> pos_j(size_t(n), -1), neg_j(size_t(n), -1);
   for_each_tile<T>(x, x, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a{};
-    a.dots = s.dots.data();
-    a.rows = rows;
-    a.cols = cols;
-    a.ld = cols;
-    a.q_scale = scale.data_ptr<T>() + i0;
-    a.r_scale = scale.data_ptr<T>() + j0;
-    a.q_sq = sq.data_ptr<T>() + i0;
-    a.r_sq = sq.data_ptr<T>() + j0;
-    a.q_ids = ids.data_ptr<int32_t>() + i0;
-    a.r_ids = ids.data_ptr<int32_t>() + j0;
-    a.exclude_self = true;
-    a.self_offset = i0 - j0;
+    PairTileArgs a = tile_args<T>(s, {scale, sq, ids}, {scale, sq, ids}, i0, rows, j0, cols, /*exclude_self=*/true);
     a.col0 = j0;
     a.pos_d = pos_d.data() + i0;
     a.pos_j = pos_j.data() + i0;
