@@ -172,41 +172,36 @@ void for_each_tile(const at::Tensor& q, const at::Tensor& r, const Body& body) {
   });
 }
 
-// The contrastive loss: its value, and (as if grad_output were 1) the gradients asked for.
+// Per row of x: the scale that makes it a unit row (or 1), the squared norm of the scaled row,
+// the label ids. (RowSide refers to these.)
 template <typename T>
-std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, const at::Tensor& r, bool self,
-                                                         const at::Tensor& q_ids, const at::Tensor& r_ids,
-                                                         int64_t reduction, double pos_margin, double neg_margin,
-                                                         bool normalize, bool need_q, bool need_r) {
-  const int64_t n = q.size(0), m = r.size(0), d = q.size(1);
+struct Rows {
+  Rows(const at::Tensor& x, const at::Tensor& label_ids, bool normalize)
+      : scaled(row_scales<T>(x, normalize)), ids(label_ids) {}
+  std::pair<at::Tensor, at::Tensor> scaled;
+  at::Tensor ids;
+  RowSide side() const { return {scaled.first, scaled.second, ids}; }
+};
+
+// One contrastive sweep, rows x against rows y (tasks of x rows): the epilogue of every tile,
+// its statistics added to stats (x rows x kPairStats); when acc_pos is defined, the coefficient
+// row sums added to rowsum_pos/neg and the coefficient tiles times y added to acc_pos and
+// acc_neg, scaled by alpha_pos and alpha_neg (acc_neg may be acc_pos itself when both scales are
+// known already).
+template <typename T>
+void contrastive_sweep(const at::Tensor& x, const at::Tensor& y, const RowSide& xs, const RowSide& ys,
+                       bool exclude_self, double pos_margin, double neg_margin, double* stats, at::Tensor& rowsum_pos,
+                       at::Tensor& rowsum_neg, at::Tensor& acc_pos, at::Tensor& acc_neg, double alpha_pos = 1.0,
+                       double alpha_neg = 1.0) {
   const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
   const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/false);
-  const std::pair<at::Tensor, at::Tensor> q_rows = row_scales<T>(q, normalize);
-  const std::pair<at::Tensor, at::Tensor> r_rows = self ? q_rows : row_scales<T>(r, normalize);
-  const at::Tensor &q_scale = q_rows.first, &q_sq = q_rows.second;
-  const at::Tensor &r_scale = r_rows.first, &r_sq = r_rows.second;
-  const bool coef = need_q || need_r;
-  std::vector<double> stats(size_t(n * kPairStats), 0.0);
-  at::Tensor acc_pos, acc_neg, rowsum_pos, rowsum_neg;
-  if (need_q) {
-    acc_pos = at::zeros({n, d}, q.options());
-    acc_neg = at::zeros({n, d}, q.options());
-    rowsum_pos = at::zeros({n}, q.options());
-    rowsum_neg = at::zeros({n}, q.options());
-  }
-  auto args_of = [&](Scratch<T>& s, const at::Tensor& rows_scale, const at::Tensor& cols_scale,
-                     const at::Tensor& rows_sq, const at::Tensor& cols_sq, const at::Tensor& row_ids,
-                     const at::Tensor& col_ids, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a = tile_args<T>(s, {rows_scale, rows_sq, row_ids}, {cols_scale, cols_sq, col_ids}, i0, rows, j0,
-                                  cols, self);
+  const bool coef = acc_pos.defined();
+  for_each_tile<T>(x, y, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    PairTileArgs a = tile_args<T>(s, xs, ys, i0, rows, j0, cols, exclude_self);
     a.margin_a = pos_margin;
     a.margin_b = neg_margin;
-    return a;
-  };
-  for_each_tile<T>(q, r, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a = args_of(s, q_scale, r_scale, q_sq, r_sq, q_ids, r_ids, i0, rows, j0, cols);
-    a.stats = stats.data() + i0 * kPairStats;
-    if (need_q) {
+    a.stats = stats + i0 * kPairStats;
+    if (coef) {
       a.coef_pos = s.coef_pos.data();
       a.coef_neg = s.coef_neg.data();
       a.nonzero_pos = s.nonzero_pos.data();
@@ -215,14 +210,63 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
       a.rowsum_neg = rowsum_neg.data_ptr<T>() + i0;
     }
     tile(a);
-    if (need_q) {
-      const at::Tensor rj = r.narrow(0, j0, cols);
+    if (coef) {
+      const at::Tensor yj = y.narrow(0, j0, cols);
       add_coefficient_product<T>(acc_pos.narrow(0, i0, rows), s.coef_pos.data(), s.nonzero_pos.data(), rows, cols,
-                                 rj, q.options());
+                                 yj, x.options(), alpha_pos);
       add_coefficient_product<T>(acc_neg.narrow(0, i0, rows), s.coef_neg.data(), s.nonzero_neg.data(), rows, cols,
-                                 rj, q.options());
+                                 yj, x.options(), alpha_neg);
     }
   });
+}
+
+// The gradient rows of x, in place over acc: sum_j a_ij (u_i - v_j) = u_i rowsum(a)_i - (A V)_i
+// (u, v the scaled rows), the positive and negative parts scaled by scale_pos and scale_neg, times
+// factor; acc holds (A V) already scaled, or - with acc_neg given - its positive part alone,
+// acc_neg the negative one. Then F.normalize's backward where normalising.
+template <typename T>
+at::Tensor finish_gradient(at::Tensor acc, const at::Tensor& acc_neg, const at::Tensor& x, const at::Tensor& scale,
+                           const at::Tensor& rowsum_pos, const at::Tensor& rowsum_neg, double scale_pos,
+                           double scale_neg, double factor, bool normalize) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const T sp = T(scale_pos), sn = T(scale_neg), f = T(factor);
+  const T ap = acc_neg.defined() ? sp : T(1);  // the scales acc and acc_neg still need
+  const T *v = x.data_ptr<T>(), *sc = scale.data_ptr<T>(), *an = acc_neg.defined() ? acc_neg.data_ptr<T>() : nullptr;
+  const T *rp = rowsum_pos.data_ptr<T>(), *rn = rowsum_neg.data_ptr<T>();
+  T* g = acc.data_ptr<T>();
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T along = sp * rp[i] + sn * rn[i];
+      for (int64_t k = 0; k < d; ++k) {
+        const int64_t o = i * d + k;
+        const T part = an ? ap * g[o] + sn * an[o] : g[o];
+        g[o] = f * (v[o] * sc[i] * along - part);
+      }
+    }
+  });
+  if (normalize) unit_row_backward<T>(acc, x, scale);
+  return acc;
+}
+
+// The contrastive loss: its value, and (as if grad_output were 1) the gradients asked for.
+template <typename T>
+std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, const at::Tensor& r, bool self,
+                                                         const at::Tensor& q_ids, const at::Tensor& r_ids,
+                                                         int64_t reduction, double pos_margin, double neg_margin,
+                                                         bool normalize, bool need_q, bool need_r) {
+  const int64_t n = q.size(0), m = r.size(0), d = q.size(1);
+  const Rows<T> q_rows(q, q_ids, normalize);
+  const Rows<T> r_rows = self ? q_rows : Rows<T>(r, r_ids, normalize);
+  std::vector<double> stats(size_t(n * kPairStats), 0.0);
+  at::Tensor acc_pos, acc_neg, rowsum_pos, rowsum_neg;
+  if (need_q) {
+    acc_pos = at::zeros({n, d}, q.options());
+    acc_neg = at::zeros({n, d}, q.options());
+    rowsum_pos = at::zeros({n}, q.options());
+    rowsum_neg = at::zeros({n}, q.options());
+  }
+  contrastive_sweep<T>(q, r, q_rows.side(), r_rows.side(), self, pos_margin, neg_margin, stats.data(), rowsum_pos,
+                       rowsum_neg, acc_pos, acc_neg);
 
   double sums[kPairStats] = {};
   for (int64_t i = 0; i < n; ++i)
@@ -243,61 +287,20 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
       scale_neg = sums[3] > 0 ? 1.0 / sums[3] : 0.0;
       value = sums[0] * scale_pos + sums[2] * scale_neg;
   }
-  if (!coef) return {value, at::Tensor(), at::Tensor()};
-
   at::Tensor grad_q, grad_r;
-  if (need_q) {  // sum_j a_ij (u_i - v_j) = u_i rowsum(a)_i - (A V)_i per part (u, v the scaled rows),
-    // twice over for the batch against itself; written over acc_pos (no third N x D buffer)
-    const T factor = self ? T(2) : T(1), sp = T(scale_pos), sn = T(scale_neg);
-    const T *x = q.data_ptr<T>(), *an = acc_neg.data_ptr<T>(), *sc = q_scale.data_ptr<T>();
-    const T *rp = rowsum_pos.data_ptr<T>(), *rn = rowsum_neg.data_ptr<T>();
-    T* g = acc_pos.data_ptr<T>();
-    at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        for (int64_t k = 0; k < d; ++k) {
-          const int64_t o = i * d + k;
-          const T u = x[o] * sc[i];
-          g[o] = factor * (sp * (u * rp[i] - g[o]) + sn * (u * rn[i] - an[o]));
-        }
-    });
+  if (need_q) {  // twice the query part for the batch against itself
+    grad_q = finish_gradient<T>(acc_pos, acc_neg, q, q_rows.scaled.first, rowsum_pos, rowsum_neg, scale_pos,
+                                scale_neg, self ? 2.0 : 1.0, normalize);
     acc_neg = at::Tensor();
-    if (normalize) unit_row_backward<T>(acc_pos, q, q_scale);
-    grad_q = acc_pos;
   }
   if (need_r) {  // the column-owned sweep: reference rows against the query tiles, scales known
     std::vector<double> unused(size_t(m * kPairStats), 0.0);
     at::Tensor acc = at::zeros({m, d}, r.options());
     at::Tensor rs_pos = at::zeros({m}, r.options()), rs_neg = at::zeros({m}, r.options());
-    for_each_tile<T>(r, q, [&](Scratch<T>& s, int64_t j0, int64_t rows, int64_t i0, int64_t cols) {
-      PairTileArgs a = args_of(s, r_scale, q_scale, r_sq, q_sq, r_ids, q_ids, j0, rows, i0, cols);
-      a.exclude_self = false;
-      a.stats = unused.data() + j0 * kPairStats;
-      a.coef_pos = s.coef_pos.data();
-      a.coef_neg = s.coef_neg.data();
-      a.nonzero_pos = s.nonzero_pos.data();
-      a.nonzero_neg = s.nonzero_neg.data();
-      a.rowsum_pos = rs_pos.data_ptr<T>() + j0;
-      a.rowsum_neg = rs_neg.data_ptr<T>() + j0;
-      tile(a);
-      const at::Tensor qi = q.narrow(0, i0, cols);
-      at::Tensor out = acc.narrow(0, j0, rows);
-      add_coefficient_product<T>(out, s.coef_pos.data(), s.nonzero_pos.data(), rows, cols, qi, q.options(),
-                                 scale_pos);
-      add_coefficient_product<T>(out, s.coef_neg.data(), s.nonzero_neg.data(), rows, cols, qi, q.options(),
-                                 scale_neg);
-    });
-    const T sp = T(scale_pos), sn = T(scale_neg);
-    const T *x = r.data_ptr<T>(), *sc = r_scale.data_ptr<T>(), *rp = rs_pos.data_ptr<T>(), *rn = rs_neg.data_ptr<T>();
-    T* g = acc.data_ptr<T>();
-    at::parallel_for(0, m, 64, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j)
-        for (int64_t k = 0; k < d; ++k) {
-          const int64_t o = j * d + k;
-          g[o] = x[o] * sc[j] * (sp * rp[j] + sn * rn[j]) - g[o];
-        }
-    });
-    if (normalize) unit_row_backward<T>(acc, r, r_scale);
-    grad_r = acc;
+    contrastive_sweep<T>(r, q, r_rows.side(), q_rows.side(), false, pos_margin, neg_margin, unused.data(), rs_pos,
+                         rs_neg, acc, acc, scale_pos, scale_neg);
+    grad_r = finish_gradient<T>(acc, at::Tensor(), r, r_rows.scaled.first, rs_pos, rs_neg, scale_pos, scale_neg,
+                                1.0, normalize);
   }
   return {value, grad_q, grad_r};
 }
