@@ -30,12 +30,13 @@ __global__ void __launch_bounds__(kThreads)
 contrastive_epilogue(const T* __restrict__ dots, int64_t cols, const T* __restrict__ q_scale,
                      const T* __restrict__ r_scale, const T* __restrict__ q_sq, const T* __restrict__ r_sq,
                      const int64_t* __restrict__ q_lab, const int64_t* __restrict__ r_lab, bool exclude_self,
-                     int64_t self_offset, T pos_margin, T neg_margin, T* __restrict__ coef_pos,
-                     T* __restrict__ coef_neg, double* __restrict__ stats) {
+                     int64_t self_offset, T pos_margin, T neg_margin, const T* __restrict__ coef_scales,
+                     T* __restrict__ coef_pos, T* __restrict__ coef_neg, double* __restrict__ stats) {
   const int64_t i = blockIdx.x;
   const T qs = q_sq[i], qscale = q_scale[i];
   const int64_t label = q_lab[i];
   const int64_t self_col = exclude_self ? i + self_offset : -1;
+  const T scale_pos = coef_scales ? coef_scales[0] : T(1), scale_neg = coef_scales ? coef_scales[1] : T(1);
   T acc[kStats] = {};
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     const T d = sqrt(batch::squared_distance(qs, r_sq[c], dots[i * cols + c] * qscale * r_scale[c]));
@@ -53,9 +54,10 @@ contrastive_epilogue(const T* __restrict__ dots, int64_t cols, const T* __restri
     acc[4] += cp + cn;
     acc[5] += ap;
     acc[6] += an;
-    if (coef_pos) {  // times the column's scale: the tile then multiplies the rows as given
-      coef_pos[i * cols + c] = ap * r_scale[c];
-      coef_neg[i * cols + c] = an * r_scale[c];
+    if (coef_pos) {  // times the column's scale: the tile then multiplies the rows as given;
+      // times the part's scale when given (the column sweep, where the reduction is known)
+      coef_pos[i * cols + c] = ap * r_scale[c] * scale_pos;
+      coef_neg[i * cols + c] = an * r_scale[c] * scale_neg;
     }
   }
   for (int k = 0; k < kStats; ++k) {
@@ -131,6 +133,34 @@ hard_mining_epilogue(const T* __restrict__ dots, int64_t cols, int64_t col0, con
       neg_j[i] = col0 + at_n;
     }
   }
+}
+
+// Per anchor: batch_pair.h's hard_triplet cost and its derivative, 0 for an anchor without a
+// positive or a negative; kept[i] whether it has both.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+anchor_costs(const T* __restrict__ pos_d, const T* __restrict__ neg_d, const int64_t* __restrict__ pos_j,
+             const int64_t* __restrict__ neg_j, int64_t n, T margin, bool soft, T* __restrict__ cost,
+             T* __restrict__ dcost, bool* __restrict__ kept) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const bool has = pos_j[i] >= 0 && neg_j[i] >= 0;
+  T dc = T(0);
+  const T c = has ? batch::hard_triplet(pos_d[i], neg_d[i], margin, soft, dc) : T(0);
+  cost[i] = c;
+  dcost[i] = has ? dc : T(0);
+  kept[i] = has;
+}
+
+// Per anchor, from its gradient weight w: w / d to its hardest positive and to its hardest negative.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+anchor_coefficients(const T* __restrict__ weight, const T* __restrict__ pos_d, const T* __restrict__ neg_d,
+                    int64_t n, T* __restrict__ cp, T* __restrict__ cn) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  cp[i] = batch::over_distance(weight[i], pos_d[i]);
+  cn[i] = batch::over_distance(weight[i], neg_d[i]);
 }
 
 // out[t] += sum of src[order[k]] for k in [offsets[t], offsets[t + 1]), in that order.
@@ -212,12 +242,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
   at::Tensor coefs = coef ? at::empty({2, std::min(n, kTile) * std::min(m, kTile)}, q.options()) : at::Tensor();
   auto epilogue = [&](const at::Tensor& rows_scale, const at::Tensor& cols_scale, const at::Tensor& rows_sq,
                       const at::Tensor& cols_sq, const at::Tensor& row_lab, const at::Tensor& col_lab, bool exclude,
-                      int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots, double* row_stats) {
+                      int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots, double* row_stats,
+                      const T* coef_scales) {
     contrastive_epilogue<T><<<unsigned(rows), kThreads, 0, stream>>>(
         dots.data_ptr<T>(), cols, rows_scale.data_ptr<T>() + i0, cols_scale.data_ptr<T>() + j0,
         rows_sq.data_ptr<T>() + i0, cols_sq.data_ptr<T>() + j0,
         row_lab.data_ptr<int64_t>() + i0, col_lab.data_ptr<int64_t>() + j0, exclude, i0 - j0, T(pos_margin),
-        T(neg_margin), coef ? coefs[0].data_ptr<T>() : nullptr, coef ? coefs[1].data_ptr<T>() : nullptr, row_stats);
+        T(neg_margin), coef_scales, coef ? coefs[0].data_ptr<T>() : nullptr, coef ? coefs[1].data_ptr<T>() : nullptr,
+        row_stats);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   auto coef_view = [&](int part, int64_t rows, int64_t cols) {
@@ -225,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
   };
   for_each_tile(q, r, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
     epilogue(q_scale, r_scale, q_sq, r_sq, q_lab, r_lab, self, i0, rows, j0, cols, dots,
-             stats.data_ptr<double>() + i0 * kStats);
+             stats.data_ptr<double>() + i0 * kStats, nullptr);
     if (need_q) {
       const at::Tensor rj = r.narrow(0, j0, cols);
       acc_pos.narrow(0, i0, rows).addmm_(coef_view(0, rows, cols), rj);
@@ -261,11 +293,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
     at::Tensor acc = at::zeros({m, d}, r.options());
     for_each_tile(r, q, [&](int64_t j0, int64_t rows, int64_t i0, int64_t cols, const at::Tensor& dots) {
       epilogue(r_scale, q_scale, r_sq, q_sq, r_lab, q_lab, false, j0, rows, i0, cols, dots,
-               col_stats.data_ptr<double>() + j0 * kStats);
+               col_stats.data_ptr<double>() + j0 * kStats, sc.data_ptr<T>());  // the scales stay on the device
       const at::Tensor qi = q.narrow(0, i0, cols);
       at::Tensor out = acc.narrow(0, j0, rows);
-      out.addmm_(coef_view(0, rows, cols).mul_(sc[0]), qi);  // the scales stay on the device
-      out.addmm_(coef_view(1, rows, cols).mul_(sc[1]), qi);
+      out.addmm_(coef_view(0, rows, cols), qi);
+      out.addmm_(coef_view(1, rows, cols), qi);
     });
     const at::Tensor total = (sc[0] * col_stats.select(1, 5).to(r.scalar_type()) +
                               sc[1] * col_stats.select(1, 6).to(r.scalar_type())).unsqueeze(1);
@@ -291,21 +323,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x,
         neg_d.data_ptr<T>() + i0, neg_j.data_ptr<int64_t>() + i0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // batch_pair.h's hard_triplet per anchor, as device tensor ops (no host sync)
-  const at::Tensor kept = (pos_j >= 0).logical_and(neg_j >= 0);
-  at::Tensor cost, dcost;
-  if (soft) {
-    const at::Tensor v = pos_d - neg_d;
-    const at::Tensor e = at::exp(-v.abs());
-    cost = at::where(v > 0, v, at::zeros_like(v)) + at::log1p(e);
-    dcost = at::where(v >= 0, at::ones_like(e), e) / (e + 1.0);
-  } else {
-    const at::Tensor v = pos_d - neg_d + margin;
-    cost = at::where(v > 0, v, at::where(v != v, v, at::zeros_like(v)));
-    dcost = (v > 0).to(x.scalar_type());
+  const unsigned anchor_blocks = unsigned((n + kThreads - 1) / kThreads);
+  at::Tensor cost = at::empty_like(pos_d), dcost = at::empty_like(pos_d);
+  at::Tensor kept = at::empty({n}, x.options().dtype(at::kBool));
+  if (n > 0) {
+    anchor_costs<T><<<anchor_blocks, kThreads, 0, stream>>>(
+        pos_d.data_ptr<T>(), neg_d.data_ptr<T>(), pos_j.data_ptr<int64_t>(), neg_j.data_ptr<int64_t>(), n, T(margin),
+        soft, cost.data_ptr<T>(), dcost.data_ptr<T>(), kept.data_ptr<bool>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  cost = at::where(kept, cost, at::zeros_like(cost));
-  dcost = at::where(kept, dcost, at::zeros_like(dcost));
   const at::Tensor cost64 = cost.to(at::kDouble);
   at::Tensor value, weight;
   if (reduction == int64_t(batch::BatchReduction::kAvgNonZero)) {
@@ -323,10 +349,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x,
   }
   if (!need) return {value, at::Tensor(), at::Tensor()};
   const at::Tensor p = pos_j.clamp_min(0), q = neg_j.clamp_min(0);
-  auto over = [](const at::Tensor& w, const at::Tensor& dist) {
-    return at::where(dist > 0, w / at::where(dist > 0, dist, at::ones_like(dist)), at::zeros_like(w)).unsqueeze(1);
-  };
-  const at::Tensor cp = over(weight, pos_d), cn = over(weight, neg_d);
+  at::Tensor cp = at::empty_like(pos_d), cn = at::empty_like(pos_d);
+  if (n > 0) {
+    const at::Tensor w = weight.contiguous();
+    anchor_coefficients<T><<<anchor_blocks, kThreads, 0, stream>>>(w.data_ptr<T>(), pos_d.data_ptr<T>(),
+                                                                   neg_d.data_ptr<T>(), n, cp.data_ptr<T>(),
+                                                                   cn.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  cp = cp.unsqueeze(1);
+  cn = cn.unsqueeze(1);
   const at::Tensor u = x * scale.unsqueeze(1);  // the rows the distances are of
   const at::Tensor to_p = u - u.index_select(0, p), to_n = u - u.index_select(0, q);
   at::Tensor grad = cp * to_p - cn * to_n;
