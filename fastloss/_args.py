@@ -89,7 +89,7 @@ def result_dtype(fn: str, **tensors) -> torch.dtype:
     return dtype
 
 
-def broadcast_shape(fn: str, **tensors) -> torch.Size | None:
+def broadcast_shape(**tensors) -> torch.Size | None:
     """The shape the tensors broadcast to, or None when they do not."""
     shapes = [v.shape for v in tensors.values() if v is not None]
     try:

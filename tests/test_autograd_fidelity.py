@@ -4,7 +4,9 @@ grad, jacrev, jacfwd, jvp, hessian) and forward-mode AD, for every loss and ever
 differentiable argument, on every backend runnable here. The oracle is torch's own function
 (or the loss's formula, tests/loss_cases.py), differentiated by torch."""
 
+import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -182,3 +184,19 @@ def test_ordinary_backward_never_takes_the_plain_formula(backend_device, case, m
     got = torch.autograd.grad(loss, args)
     for k, (g, e) in enumerate(zip(got, expected)):
         close(g, e, f"{case.name} gradient {k}")
+
+
+@pytest.mark.parametrize("backend_device", [p for p in BACKENDS if p.values[0][0] != "torch"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.fused], ids=ids)
+def test_a_loss_kept_after_backward_holds_no_inputs(backend_device, case):
+    """As torch's saved tensors are, the inputs are released by backward: a loss kept after it
+    (for logging, say) does not keep a model's outputs alive."""
+    backend, device = backend_device
+    outputs = [t * 1.0 for t in inputs(case, device=device)]  # not leaves, as a model's outputs
+    alive = [weakref.ref(t) for t in outputs]
+    loss = case.fast(*outputs, backend=backend)
+    loss.backward()
+    del outputs
+    gc.collect()
+    assert loss.grad_fn is not None
+    assert [r() is None for r in alive] == [True] * len(alive)

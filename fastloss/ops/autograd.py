@@ -88,6 +88,9 @@ def _plain_vjp(family: LossFamily, config: tuple, tensors: Tensors, wanted: Sequ
 
 def _backward(ctx, grad_loss):
     family, config, backend = ctx.family, ctx.config, ctx.backend
+    # Only the jvp rule (which runs in the forward pass) reads ctx.tensors: released here, so that
+    # a loss kept after backward holds its inputs no longer than torch's saved tensors would.
+    ctx.tensors = None
     if torch.is_grad_enabled() or _transforms_active():
         wanted = ctx.needs_input_grad[N_META_ARGS:]
         return (None,) * N_META_ARGS + tuple(_plain_vjp(family, config, ctx.saved_tensors, wanted, grad_loss))
@@ -95,7 +98,7 @@ def _backward(ctx, grad_loss):
     grads, ctx.grads = ctx.grads, None
     if grads is None:  # consumed by an earlier backward through the same graph (retain_graph=True)
         _, *grads = family.fused(backend, config, needs, ctx.saved_tensors)
-    result = [None] * (N_META_ARGS + len(ctx.tensors))
+    result = [None] * len(ctx.needs_input_grad)
     for i, need in enumerate(needs):
         if need:
             family.rescale(backend, grads[i], grad_loss)

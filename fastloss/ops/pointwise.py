@@ -192,7 +192,7 @@ def pointwise_loss(spec: PointwiseLoss, input: torch.Tensor, target: torch.Tenso
             promoted["weight"] = weight
         dtype = _args.result_dtype(fn, **promoted)
         result_dtype = _result_dtype(spec, input, target, weight, dtype)
-        shape = _args.broadcast_shape(fn, input=input, target=target, weight=weight, pos_weight=pos_weight)
+        shape = _args.broadcast_shape(input=input, target=target, weight=weight, pos_weight=pos_weight)
         if shape is None:  # torch's error, in torch's words
             return _args.run_torch(fn, torch_function, **operands)
     chosen = _backend.resolve(backend, input.device)
