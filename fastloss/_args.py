@@ -19,12 +19,14 @@ def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: 
     return "mean" if size_average else "sum"
 
 
-def check_reduction(fn: str, reduction: str) -> int:
-    if reduction not in REDUCTIONS:
+def check_reduction(fn: str, reduction: str, choices: dict[str, int] = REDUCTIONS) -> int:
+    """The id of `reduction` among `choices` (name -> id; torch's three by default)."""
+    if reduction not in choices:
         # torch's words ("... is not a valid value for reduction") with what is expected
+        names = [repr(name) for name in choices]
         raise ValueError(f"fastloss.{fn}: {reduction} is not a valid value for reduction: "
-                         f"expected 'none', 'mean' or 'sum', got {reduction!r}")
-    return REDUCTIONS[reduction]
+                         f"expected {', '.join(names[:-1])} or {names[-1]}, got {reduction!r}")
+    return choices[reduction]
 
 
 def check_tensor(fn: str, name: str, value) -> None:

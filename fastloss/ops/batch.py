@@ -23,7 +23,7 @@ from .pointwise import rescale
 
 # Same numbers as fastloss::batch::BatchLoss and BatchReduction (csrc/formulas/batch_pair.h).
 CONTRASTIVE, HARD_TRIPLET, HARD_SOFT_TRIPLET = 0, 1, 2
-REDUCTIONS = {"mean": 1, "sum": 2, "avg_nonzero": 3}
+REDUCTIONS = {"avg_nonzero": 3, "mean": 1, "sum": 2}
 REDUCTION_NAMES = {v: k for k, v in REDUCTIONS.items()}
 
 
@@ -105,13 +105,6 @@ def _check_margin(fn: str, name: str, value: float) -> float:
     return value
 
 
-def _check_reduction(fn: str, reduction: str) -> int:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"fastloss.{fn}: {reduction} is not a valid value for reduction: expected 'avg_nonzero', "
-                         f"'mean' or 'sum', got {reduction!r}")
-    return REDUCTIONS[reduction]
-
-
 def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float, neg_margin: float,
                            normalize: bool, ref_embeddings: torch.Tensor | None, ref_labels: torch.Tensor | None,
                            reduction: str, backend: str | None,
@@ -130,7 +123,7 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
         _check_labels(fn, "ref_labels", ref_labels, ref_embeddings.shape[0], "ref_embeddings")
     pos_margin = _check_margin(fn, "pos_margin", pos_margin)
     neg_margin = _check_margin(fn, "neg_margin", neg_margin)
-    reduction_id = _check_reduction(fn, reduction)
+    reduction_id = _args.check_reduction(fn, reduction, REDUCTIONS)
     _args.check_same_device(fn, "embeddings", embeddings, labels=labels, ref_embeddings=ref_embeddings,
                             ref_labels=ref_labels)
     chosen = _backend.resolve(backend, embeddings.device)
@@ -152,7 +145,7 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     _check_embeddings(fn, "embeddings", embeddings)
     _check_labels(fn, "labels", labels, embeddings.shape[0], "embeddings")
     margin = _check_margin(fn, "margin", margin)
-    reduction_id = _check_reduction(fn, reduction)
+    reduction_id = _args.check_reduction(fn, reduction, REDUCTIONS)
     _args.check_same_device(fn, "embeddings", embeddings, labels=labels)
     chosen = _backend.resolve(backend, embeddings.device)
     if chosen == "torch":
