@@ -37,6 +37,25 @@ TORCH_LIBRARY(fastloss, m) {
       "batch_pair_loss(Tensor q, Tensor? r, Tensor q_labels, Tensor? r_labels, int loss, int reduction, "
       "float margin_a, float margin_b, bool normalize, bool need_grad_q, bool need_grad_r) "
       "-> (Tensor, Tensor, Tensor)");
+  // The softmax cross-entropy losses over all pairs (formulas/info_nce.h), tile by tile, never
+  // holding the n x m matrix of logits l_ij = (a_i . b_j) / temperature: a (n, D), b (m, D),
+  // temperature a 0-d floating tensor on their device. Row i's positive (target) is column
+  // (i + pos_offset) mod n when that is < m; exclude_self drops the pairs i == j (a is b).
+  // info_nce_stats -> (lse, pos_logit, col_lse): per row of a, the log-sum-exp of its logits and
+  // its positive's logit (NaN where it has none); with col_stats, per column the log-sum-exp of
+  // its logits over the rows (else empty). float32 (float64 for float64 inputs).
+  m.def(
+      "info_nce_stats(Tensor a, Tensor b, Tensor temperature, int pos_offset, bool exclude_self, "
+      "bool col_stats) -> (Tensor, Tensor, Tensor)");
+  // The backward sweep over the same logits: with the coefficients
+  //   c_ij = row_weight_i (exp(l_ij - row_lse_i) - [positive]) + col_weight_j (exp(l_ij - col_lse_j) - [positive])
+  // (a term absent when its weight is absent; the positive pairs as above, and symmetric when
+  // both terms are used), returns (grad_a, dot_grad): grad_a = C b / temperature in a's dtype,
+  // and per row dot_grad_i = sum_j c_ij (a_i . b_j), from which d loss / d temperature =
+  // -sum(dot_grad) / temperature^2. lse and weights float32 (float64 for float64 inputs).
+  m.def(
+      "info_nce_grad(Tensor a, Tensor b, Tensor temperature, Tensor? row_lse, Tensor? row_weight, "
+      "Tensor? col_lse, Tensor? col_weight, int pos_offset, bool exclude_self) -> (Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }
