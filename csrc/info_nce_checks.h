@@ -41,8 +41,12 @@ inline void check_info_nce_grad_args(const at::Tensor& a, const at::Tensor& b, c
                                      const std::optional<at::Tensor>& row_lse,
                                      const std::optional<at::Tensor>& row_weight,
                                      const std::optional<at::Tensor>& col_lse,
-                                     const std::optional<at::Tensor>& col_weight, int64_t pos_offset) {
+                                     const std::optional<at::Tensor>& col_weight, int64_t pos_offset,
+                                     bool need_grad_b) {
   check_info_nce_args(a, b, temperature, pos_offset);
+  TORCH_CHECK(!need_grad_b || pos_offset == 0 || (a.size(0) == b.size(0) && 2 * pos_offset == a.size(0)),
+              "fastloss: need_grad_b takes pos_offset 0 or n = m = 2 pos_offset (a pairing that reads the same "
+              "from b's side), got pos_offset ", pos_offset, " with n = ", a.size(0), ", m = ", b.size(0));
   TORCH_CHECK(row_lse.has_value() == row_weight.has_value(), "fastloss: row_lse and row_weight come together");
   TORCH_CHECK(col_lse.has_value() == col_weight.has_value(), "fastloss: col_lse and col_weight come together");
   check_row_stat("row_lse", row_lse, a.size(0), a);

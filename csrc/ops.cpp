@@ -50,12 +50,15 @@ TORCH_LIBRARY(fastloss, m) {
   // The backward sweep over the same logits: with the coefficients
   //   c_ij = row_weight_i (exp(l_ij - row_lse_i) - [positive]) + col_weight_j (exp(l_ij - col_lse_j) - [positive])
   // (a term absent when its weight is absent; the positive pairs as above, and symmetric when
-  // both terms are used), returns (grad_a, dot_grad): grad_a = C b / temperature in a's dtype,
-  // and per row dot_grad_i = sum_j c_ij (a_i . b_j), from which d loss / d temperature =
-  // -sum(dot_grad) / temperature^2. lse and weights float32 (float64 for float64 inputs).
+  // both terms are used), returns (grad_a, grad_b, dot_grad): grad_a = C b / temperature in a's
+  // dtype; grad_b = C^T a / temperature in b's dtype when need_grad_b (else empty), which needs a
+  // pairing that reads the same from b's side: pos_offset 0, or n = m = 2 pos_offset; and per row
+  // dot_grad_i = sum_j c_ij (a_i . b_j), from which d loss / d temperature = -sum(dot_grad) /
+  // temperature^2. lse and weights float32 (float64 for float64 inputs).
   m.def(
       "info_nce_grad(Tensor a, Tensor b, Tensor temperature, Tensor? row_lse, Tensor? row_weight, "
-      "Tensor? col_lse, Tensor? col_weight, int pos_offset, bool exclude_self) -> (Tensor, Tensor)");
+      "Tensor? col_lse, Tensor? col_weight, int pos_offset, bool exclude_self, bool need_grad_b) "
+      "-> (Tensor, Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

@@ -7,17 +7,18 @@
 
 from ._backend import available as available_backends
 from .functional import (batch_contrastive_loss, batch_hard_triplet_loss, binary_cross_entropy_with_logits,
-                         contrastive_loss, cosine_embedding_loss, huber_loss, l1_loss, masked_mse_loss, mse_loss,
-                         smooth_l1_loss, triplet_margin_loss)
+                         contrastive_loss, cosine_embedding_loss, huber_loss, info_nce_loss, l1_loss, masked_mse_loss,
+                         mse_loss, nt_xent_loss, smooth_l1_loss, triplet_margin_loss)
 from .nn import (BatchContrastiveLoss, BatchHardTripletLoss, BCEWithLogitsLoss, ContrastiveLoss, CosineEmbeddingLoss,
-                 HuberLoss, L1Loss, MaskedMSELoss, MSELoss, SmoothL1Loss, TripletMarginLoss)
+                 HuberLoss, InfoNCELoss, L1Loss, MaskedMSELoss, MSELoss, NTXentLoss, SmoothL1Loss, TripletMarginLoss)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchContrastiveLoss", "BatchHardTripletLoss", "BCEWithLogitsLoss", "ContrastiveLoss", "CosineEmbeddingLoss",
-    "HuberLoss", "L1Loss", "MSELoss", "MaskedMSELoss", "SmoothL1Loss", "TripletMarginLoss", "available_backends",
-    "batch_contrastive_loss", "batch_hard_triplet_loss", "binary_cross_entropy_with_logits", "contrastive_loss",
-    "cosine_embedding_loss", "huber_loss", "l1_loss", "masked_mse_loss", "mse_loss", "smooth_l1_loss",
+    "HuberLoss", "InfoNCELoss", "L1Loss", "MSELoss", "MaskedMSELoss", "NTXentLoss", "SmoothL1Loss",
+    "TripletMarginLoss", "available_backends", "batch_contrastive_loss", "batch_hard_triplet_loss",
+    "binary_cross_entropy_with_logits", "contrastive_loss", "cosine_embedding_loss", "huber_loss", "info_nce_loss",
+    "l1_loss", "masked_mse_loss", "mse_loss", "nt_xent_loss", "smooth_l1_loss",
     "triplet_margin_loss", "__version__",
 ]

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 from . import _args, reference
 from .ops import batch as batch_ops
+from .ops import info_nce as info_nce_ops
 from .ops import masked_mse as masked_ops
 from .ops import pointwise as ops
 from .ops import row as row_ops
 
 __all__ = ["batch_contrastive_loss", "batch_hard_triplet_loss", "binary_cross_entropy_with_logits",
-           "contrastive_loss", "cosine_embedding_loss", "huber_loss",
-           "l1_loss", "masked_mse_loss", "mse_loss", "smooth_l1_loss", "triplet_margin_loss"]
+           "contrastive_loss", "cosine_embedding_loss", "huber_loss", "info_nce_loss",
+           "l1_loss", "masked_mse_loss", "mse_loss", "nt_xent_loss", "smooth_l1_loss", "triplet_margin_loss"]
 
 
 def _warn_size_mismatch(input, target) -> None:
@@ -298,3 +299,56 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     return batch_ops.batch_hard_triplet_loss(
         embeddings, labels, margin, normalize, soft, reduction, backend,
         lambda: reference.batch_hard_triplet_loss(embeddings, labels, margin, normalize, soft, reduction))
+
+
+def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.Tensor = 0.07, *,
+                  symmetric: bool = False, normalize: bool = False, reduction: str = "mean",
+                  backend: str = "auto") -> torch.Tensor:
+    """InfoNCE (and CLIP's symmetric loss) tile by tile: memory O(B + M), never the B x M logits.
+
+    The logits are ``query @ key.T / temperature``; row i's target is key i, and every other key
+    is a negative for it, keys B..M-1 (extra or hard negatives) for every row. The value and the
+    gradients are those of ``F.cross_entropy(logits, torch.arange(B), reduction=reduction)`` on
+    the materialised logits; ``symmetric=True`` averages it with the key -> query direction,
+    ``F.cross_entropy(logits.T, arange(B))``, as CLIP does.
+
+    Args:
+        query: (B, D) floating point.
+        key: (M, D) with M >= B (M = B when symmetric).
+        temperature: a float > 0, or a 0-d floating tensor that may require grad (a learnable
+            temperature, or ``1 / logit_scale.exp()``): it receives its exact gradient. A
+            tensor's value is checked (> 0) on the CPU only, where that costs no device sync.
+        symmetric: average the query -> key and key -> query losses (CLIP).
+        normalize: L2-normalise query and key rows first (cosine similarities).
+        reduction: "mean" (over the B rows), "sum", or "none": (B,) per-row losses (for
+            symmetric, each pair's average of its two directions).
+        backend: "auto" | "cpu" | "cuda" | "triton" | "torch" (the materialised formula).
+
+    Returns:
+        The loss in the promoted dtype of query and key; gradients reach query, key and a
+        temperature tensor that requires grad.
+    """
+    return info_nce_ops.info_nce_loss(
+        query, key, temperature, symmetric, normalize, reduction, backend,
+        lambda: reference.info_nce_loss(query, key, temperature, symmetric, normalize, reduction))
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.Tensor = 0.5, *,
+                 reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """SimCLR's NT-Xent loss (Chen et al. 2020) on two views, tile by tile: memory O(B).
+
+    The 2B embeddings ``cat([z1, z2])`` are L2-normalised; each one's positive is its other view
+    and its negatives are the other 2B - 2 embeddings; the loss is the cross-entropy of the
+    similarities / temperature, averaged over the 2B rows.
+
+    Args:
+        z1, z2: (B, D) floating point, row i of each a view of the same sample.
+        temperature: a float > 0 or a 0-d floating tensor (may require grad).
+        reduction: "mean" (over the 2B rows), "sum", or "none": (2B,), z1's rows first.
+        backend: "auto" | "cpu" | "cuda" | "triton" | "torch" (the materialised formula).
+
+    Returns:
+        The loss in the promoted dtype of z1 and z2.
+    """
+    return info_nce_ops.nt_xent_loss(z1, z2, temperature, reduction, backend,
+                                     lambda: reference.nt_xent_loss(z1, z2, temperature, reduction))

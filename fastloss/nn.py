@@ -177,3 +177,45 @@ class BatchHardTripletLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, normalize={self.normalize}, soft={self.soft}, reduction={self.reduction!r}"
+
+
+class InfoNCELoss(torch.nn.Module):
+    """InfoNCE, or CLIP's loss with ``symmetric=True``: forward(query, key, temperature=None);
+    see :func:`fastloss.info_nce_loss`. A tensor ``temperature`` given here (an
+    ``nn.Parameter`` is registered and learned with the module) or to forward, which takes
+    precedence, receives its gradient."""
+
+    def __init__(self, temperature: float | torch.Tensor = 0.07, *, symmetric: bool = False, normalize: bool = False,
+                 reduction: str = "mean", backend: str = "auto") -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.symmetric, self.normalize, self.reduction, self.backend = symmetric, normalize, reduction, backend
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor,
+                temperature: float | torch.Tensor | None = None) -> torch.Tensor:
+        return functional.info_nce_loss(query, key, self.temperature if temperature is None else temperature,
+                                        symmetric=self.symmetric, normalize=self.normalize,
+                                        reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        t = self.temperature
+        shown = f"tensor({float(t.detach()):.4g})" if isinstance(t, torch.Tensor) else t
+        return (f"temperature={shown}, symmetric={self.symmetric}, normalize={self.normalize}, "
+                f"reduction={self.reduction!r}")
+
+
+class NTXentLoss(torch.nn.Module):
+    """SimCLR's NT-Xent loss on two views: forward(z1, z2); see :func:`fastloss.nt_xent_loss`."""
+
+    def __init__(self, temperature: float | torch.Tensor = 0.5, *, reduction: str = "mean",
+                 backend: str = "auto") -> None:
+        super().__init__()
+        self.temperature, self.reduction, self.backend = temperature, reduction, backend
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return functional.nt_xent_loss(z1, z2, self.temperature, reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        t = self.temperature
+        shown = f"tensor({float(t.detach()):.4g})" if isinstance(t, torch.Tensor) else t
+        return f"temperature={shown}, reduction={self.reduction!r}"

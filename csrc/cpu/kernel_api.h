@@ -91,6 +91,38 @@ struct PairTileArgs {
 };
 constexpr int kPairStats = 5;
 
+// One tile of the all-pairs softmax losses (formulas/info_nce.h): the inner products of `rows`
+// rows of a with `cols` rows of b, row-major with row stride cols, in T = float (double for
+// double inputs); the logits are dots * scale.
+struct InfoNceTileArgs {
+  const void* dots;
+  int64_t rows, cols;
+  double scale;          // 1 / temperature
+  int64_t row0, col0;    // the tile's first row and column in the whole matrix
+  int64_t pos_offset;    // row r's positive: column (r + pos_offset) % period
+  int64_t period;        // (the number of rows of a)
+  bool exclude_self;     // the pairs r == c are dropped
+  // Statistics sweep, per row (rows values, updated): the online log-sum-exp state (max, sum
+  // of exp(l - max)), and the positive's logit (written when it lies in this tile). Per column
+  // (cols values, updated, or null): the same state over this worker's rows.
+  void* row_max;
+  void* row_sum;
+  void* pos_logit;
+  void* col_max;
+  void* col_sum;
+  // Gradient sweep: the coefficient tile (rows x cols, row stride cols, written), the per-row
+  // log-sum-exp and weight of the row term and the per-column ones of the column term (null
+  // when the term is absent), and per row dot_grad += sum_j c_ij dots_ij.
+  void* coef;
+  const void* row_lse;
+  const void* row_weight;
+  const void* col_lse;
+  const void* col_weight;
+  void* dot_grad;
+};
+enum class InfoNceTile { kStats, kStatsWithColumns, kGradRow, kGradColumn, kGradBoth };
+
+
 // Evaluates elements [begin, end) and returns the sum of their (weighted) losses, accumulated
 // in float (double for double inputs) in an order fixed by the element indices alone.
 using PointwiseRangeFn = double (*)(const PointwiseArgs&, int64_t begin, int64_t end);
@@ -104,6 +136,8 @@ using MaskedMseRowsFn = double (*)(const MaskedMseArgs&, int64_t begin, int64_t 
 using RowRangeFn = double (*)(const RowArgs&, int64_t begin, int64_t end);
 // The epilogue of one in-batch tile: the contrastive costs and coefficients, or the hard mining.
 using PairTileFn = void (*)(const PairTileArgs&);
+// The epilogue of one all-pairs softmax tile: statistics, or gradient coefficients.
+using InfoNceTileFn = void (*)(const InfoNceTileArgs&);
 
 struct KernelTable {
   const char* name;  // the instruction set these kernels were built for
@@ -113,6 +147,8 @@ struct KernelTable {
   RowRangeFn (*row_loss)(ScalarKind kind, int64_t loss);
   // kind: kFloat or kDouble (the tiles' type); contrastive or hard mining
   PairTileFn (*pair_tile)(ScalarKind kind, bool hard_mining);
+  // kind: kFloat or kDouble
+  InfoNceTileFn (*info_nce_tile)(ScalarKind kind, InfoNceTile which);
 };
 
 const KernelTable& kernels_default();

@@ -22,6 +22,7 @@
 #include "masked_mse_kernels.h"
 #include "row_loss_kernels.h"
 #include "batch_pair_kernels.h"
+#include "info_nce_kernels.h"
 #include "kernel_table.h"
 
 namespace fastloss::cpu {

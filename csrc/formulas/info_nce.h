@@ -24,12 +24,20 @@ FASTLOSS_HD T shift_of(T m) { return select(m > -std::numeric_limits<T>::infinit
 template <typename T>
 FASTLOSS_HD T exp_below(T x, T shift) { return fmath::exp_neg(shift - x); }
 
+// s (a sum of exp(l - m)) rescaled to the shift of a larger max: s e^(m - shift). While m is
+// -inf, s holds nothing but zeros or a NaN (a NaN logit is never the max) and is kept as it is:
+// e^(m - shift) would be 0 then, and for a shift far below 0 not even finite.
+template <typename T>
+FASTLOSS_HD T rescaled(T s, T m, T shift) {
+  return select(m > -std::numeric_limits<T>::infinity(), s * exp_below(m, shift), s);
+}
+
 // Merges the state (m2, s2) into (m, s): s e^(m - M) + s2 e^(m2 - M) with M = max(m, m2).
 template <typename T>
 FASTLOSS_HD void merge(T& m, T& s, T m2, T s2) {
   const T top = select(m2 > m, m2, m);
   const T shift = shift_of(top);
-  s = s * exp_below(shift_of(m), shift) + s2 * exp_below(shift_of(m2), shift);
+  s = rescaled(s, m, shift) + rescaled(s2, m2, shift);
   m = top;
 }
 

@@ -24,6 +24,13 @@ autograd.Function, which answers each request of autograd this way:
 Three autograd.Functions share these rules: `FusedLoss` for eager calls (with the jvp rule),
 `FusedLossCompiled` for torch.compile (dynamo traces no custom jvp), `FusedLossTransforms`
 inside torch.func transforms (setup_context style, with the vmap rule).
+
+A family whose gradient is more than a rescale of unit-grad_output gradients (the all-pairs
+softmax losses: with reduction "none" each row's grad_output weights the coefficients that every
+other row's gradient sums) declares a `SweptLossFamily` instead: its forward op returns the loss
+and the per-row statistics the backward sweep needs, and its backward op takes grad_output.
+`apply_swept_loss` runs it under `SweptLoss`/`SweptLossCompiled`, which answer create_graph,
+forward mode and the transforms with the same plain-formula rules as above.
 """
 
 from __future__ import annotations
@@ -168,6 +175,66 @@ class FusedLossTransforms(torch.autograd.Function):
         loss = torch.vmap(lambda *ts: family.plain(config, ts), in_dims=tuple(in_dims[N_META_ARGS:]),
                           randomness=info.randomness)(*tensors)
         return loss, 0
+
+
+@dataclass(frozen=True, eq=False)
+class SweptLossFamily:
+    """A family with a forward sweep and a backward sweep.
+
+    forward(backend, config, tensors) -> (loss, stats): the loss and the tensors backward needs.
+    backward(backend, config, tensors, stats, grad_output, needs) -> one gradient (or None) per
+        tensor, for those where needs[i].
+    plain(config, tensors) -> loss: the same loss in torch ops, differentiable in every tensor.
+    """
+
+    name: str
+    forward: Callable[[str, tuple, Tensors], tuple[torch.Tensor, tuple]]
+    backward: Callable[[str, tuple, Tensors, tuple, torch.Tensor, tuple], list]
+    plain: Callable[[tuple, Tensors], torch.Tensor]
+    n_fused_grads: int = 0  # (what FusedLossTransforms asks of fused: no gradients)
+
+    def fused(self, backend: str, config: tuple, needs: tuple, tensors: Tensors) -> tuple[torch.Tensor]:
+        return (self.forward(backend, config, tensors)[0],)
+
+
+class SweptLossCompiled(torch.autograd.Function):
+    """A SweptLossFamily's forward and backward sweeps (what torch.compile traces)."""
+
+    @staticmethod
+    def forward(ctx, family: SweptLossFamily, config: tuple, backend: str, *tensors):
+        loss, stats = family.forward(backend, config, tensors)
+        ctx.family, ctx.config, ctx.backend, ctx.n_tensors = family, config, backend, len(tensors)
+        ctx.save_for_backward(*tensors, *stats)
+        ctx.tensors = tensors  # for the jvp rule
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        family, config, backend = ctx.family, ctx.config, ctx.backend
+        ctx.tensors = None
+        saved = ctx.saved_tensors
+        tensors, stats = saved[:ctx.n_tensors], saved[ctx.n_tensors:]
+        wanted = ctx.needs_input_grad[N_META_ARGS:]
+        if torch.is_grad_enabled() or _transforms_active():
+            grads = _plain_vjp(family, config, tensors, wanted, grad_loss)
+        else:
+            grads = family.backward(backend, config, tensors, stats, grad_loss, wanted)
+        return (None,) * N_META_ARGS + tuple(grads)
+
+
+class SweptLoss(SweptLossCompiled):
+    """Eager calls outside torch.func transforms, forward-mode AD included."""
+
+    jvp = staticmethod(_jvp)
+
+
+def apply_swept_loss(family: SweptLossFamily, config: tuple, backend: str, tensors: Tensors) -> torch.Tensor:
+    """The loss of `tensors` by the two sweeps of `backend`, with full autograd support."""
+    if _transforms_active():
+        function = FusedLossTransforms
+    else:
+        function = SweptLossCompiled if torch.compiler.is_compiling() else SweptLoss
+    return function.apply(family, config, backend, *tensors)
 
 
 def apply_fused_loss(family: LossFamily, config: tuple, backend: str, tensors: Tensors) -> torch.Tensor:

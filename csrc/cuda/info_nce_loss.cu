@@ -1,0 +1,297 @@
+// CUDA implementation of fastloss::info_nce_stats and fastloss::info_nce_grad (the all-pairs
+// softmax losses; formulas/info_nce.h), on the current stream under a device guard. The n x m
+// logits l_ij = (a_i . b_j) / temperature are walked in tiles of kTile x kTile, never held:
+// each tile's inner products by cuBLAS (at::mm_out, which follows torch's TF32 setting), then a
+// hand-written epilogue kernel with one block per tile row, reducing in a fixed order and
+// updating per-row state in launch order (row tiles outer, column tiles inner, so a row's tiles
+// arrive in column order). The temperature stays on the device: scale = 1 / temperature is a 0-d
+// tensor in the accumulation type T that the kernels read through a pointer (no .item(), no host
+// sync); the matrix products see the raw rows.
+//   stats: per tile row the epilogue takes the max of its logits, then sum exp(l - max), and
+//     merges that (max, sum) into the row's online log-sum-exp state (info_nce::merge); a last
+//     small kernel turns the states into lse_of(m, s). The positive's logit is picked out of the
+//     tile that holds it. Column statistics are the same sweep over (b, a).
+//   grad: the epilogue recomputes each logit, overwrites the tile in place with its coefficient
+//     (info_nce::coefficient, its terms chosen at compile time) and adds sum_j c_ij (a_i . b_j) to
+//     dot_grad_i; at::addmm then adds C times the tile's rows of b into the (n, D) accumulator
+//     and, when b's gradient is asked, C^T times the tile's rows of a into b's, both scaled by
+//     1 / temperature at the end.
+// Half and bfloat16 rows are converted to float once. No atomics. Memory: one tile buffer of
+// kTile^2 values of T (64 MiB in float, 128 MiB in double; shared by the logits and, in place,
+// the coefficients), two values of T per row (and per column with col_stats), the float copies
+// of half/bfloat16 a and b, and for the gradient the (n, D) accumulator in T.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "../formulas/info_nce.h"
+#include "../info_nce_checks.h"
+#include "common.cuh"
+
+namespace fastloss::cuda {
+namespace {
+
+constexpr int64_t kTile = 4096;
+
+// The largest value over the block, valid in every thread; NaN is never the max (as in
+// info_nce::merge: comparisons with NaN are false). blockDim.x a multiple of 32.
+template <typename T>
+__device__ __forceinline__ T block_max_all(T v) {
+  __shared__ T warp_max[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const T w = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = select(w > v, w, v);
+  }
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < int(blockDim.x >> 5) ? warp_max[lane] : -std::numeric_limits<T>::infinity();
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const T w = __shfl_xor_sync(0xffffffffu, v, offset);
+      v = select(w > v, w, v);
+    }
+    if (lane == 0) warp_max[0] = v;
+  }
+  __syncthreads();
+  v = warp_max[0];
+  __syncthreads();  // warp_max may be reused by a later call
+  return v;
+}
+
+// The positive's column of global row gi: (gi + shift) mod n with shift = pos_offset mod n (so
+// no overflow), or -1 when that column is not < m.
+__device__ __forceinline__ int64_t positive_col(int64_t gi, int64_t shift, int64_t n, int64_t m) {
+  int64_t p = gi + shift;
+  p = p >= n ? p - n : p;
+  return p < m ? p : -1;
+}
+
+// One block per tile row: the tile's (max, sum exp(l - max)) over its kept logits, merged into
+// the row's state (row_m, row_s: offset to the tile's first row). pos_logit (offset too, or
+// null for the column sweep) gets the positive's logit when this tile holds it. Self pairs
+// (global row == global column) are skipped when exclude_self.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+lse_epilogue(const T* __restrict__ dots, int64_t cols, int64_t i0, int64_t j0, const T* __restrict__ scale,
+             bool exclude_self, int64_t shift, int64_t n, int64_t m, T* __restrict__ row_m, T* __restrict__ row_s,
+             T* __restrict__ pos_logit) {
+  const int64_t i = blockIdx.x;
+  const T sc = *scale;
+  const T* row = dots + i * cols;
+  const int64_t self_col = exclude_self ? i0 + i - j0 : -1;  // local column; out of range when not in the tile
+  T top = -std::numeric_limits<T>::infinity();
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T l = row[c] * sc;
+    top = c != self_col ? select(l > top, l, top) : top;
+  }
+  top = block_max_all(top);
+  const T tile_shift = info_nce::shift_of(top);
+  T sum = T(0);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    if (c != self_col) sum += info_nce::exp_below(row[c] * sc, tile_shift);
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    T state_m = row_m[i], state_s = row_s[i];
+    info_nce::merge(state_m, state_s, top, sum);
+    row_m[i] = state_m;
+    row_s[i] = state_s;
+    if (pos_logit) {
+      const int64_t p = positive_col(i0 + i, shift, n, m);
+      const int64_t pc = p - j0;
+      // written even where it is an excluded self pair (the contract names only p(i) >= m as NaN)
+      if (p >= 0 && pc >= 0 && pc < cols) pos_logit[i] = row[pc] * sc;
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+lse_finish(const T* __restrict__ state_m, const T* __restrict__ state_s, int64_t count, T* __restrict__ lse) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) lse[i] = info_nce::lse_of(state_m[i], state_s[i]);
+}
+
+// One block per tile row: overwrites the row's inner products with its coefficients (0 for an
+// excluded self pair) and adds sum_c c_ic * dot_ic to dot_grad (offset to the tile's first row).
+// row_lse/row_weight are offset to the tile's first row, col_lse/col_weight to its first column;
+// only the ones of the terms present (kRow, kCol) are read. In place: each element is read and
+// then written by the same thread, so `tile` is not __restrict__ against anything it aliases.
+template <typename T, bool kRow, bool kCol>
+__global__ void __launch_bounds__(kThreads)
+coefficient_epilogue(T* tile, int64_t cols, int64_t i0, int64_t j0, const T* __restrict__ scale, bool exclude_self,
+                     int64_t shift, int64_t n, int64_t m, const T* __restrict__ row_lse,
+                     const T* __restrict__ row_weight, const T* __restrict__ col_lse,
+                     const T* __restrict__ col_weight, T* __restrict__ dot_grad) {
+  const int64_t i = blockIdx.x;
+  const T sc = *scale;
+  T* row = tile + i * cols;
+  const int64_t self_col = exclude_self ? i0 + i - j0 : -1;
+  const int64_t p = positive_col(i0 + i, shift, n, m);
+  const int64_t pos_col = p >= 0 ? p - j0 : -1;  // may be outside [0, cols): then no column matches
+  const T rl = kRow ? row_lse[i] : T(0), rw = kRow ? row_weight[i] : T(0);
+  T acc = T(0);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T dot = row[c];
+    T coef = T(0);
+    if (c != self_col) {
+      coef = info_nce::coefficient<T, kRow, kCol>(dot * sc, c == pos_col, rl, rw, kCol ? col_lse[c] : T(0),
+                                                  kCol ? col_weight[c] : T(0));
+      acc += coef * dot;
+    }
+    row[c] = coef;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) dot_grad[i] += acc;
+}
+
+// Calls body(i0, rows, j0, cols, dots) for every tile of rows x against rows y, the tile's inner
+// products in dots (rows x cols, contiguous, writable), in launch order on the current stream.
+template <typename Body>
+void for_each_tile(const at::Tensor& x, const at::Tensor& y, const Body& body) {
+  const int64_t n = x.size(0), m = y.size(0);
+  at::Tensor buffer = at::empty({std::min(n, kTile) * std::min(m, kTile)}, x.options());
+  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+    const int64_t rows = std::min(kTile, n - i0);
+    for (int64_t j0 = 0; j0 < m; j0 += kTile) {
+      const int64_t cols = std::min(kTile, m - j0);
+      at::Tensor dots = buffer.narrow(0, 0, rows * cols).view({rows, cols});
+      at::mm_out(dots, x.narrow(0, i0, rows), y.narrow(0, j0, cols).t());
+      body(i0, rows, j0, cols, dots);
+    }
+  }
+}
+
+// The log-sum-exp of every row of x's logits against y (x (n, D), y (m, D) in T), and with
+// pos_logit each row's positive logit (NaN where it has none). shift = pos_offset mod x.size(0).
+template <typename T>
+at::Tensor lse_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor& scale, bool exclude_self,
+                   int64_t shift, at::Tensor* pos_logit, cudaStream_t stream) {
+  const int64_t n = x.size(0), m = y.size(0);
+  at::Tensor state_m = at::full({n}, -std::numeric_limits<double>::infinity(), x.options());
+  at::Tensor state_s = at::zeros({n}, x.options());
+  if (pos_logit) *pos_logit = at::full({n}, std::numeric_limits<double>::quiet_NaN(), x.options());
+  for_each_tile(x, y, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
+    lse_epilogue<T><<<unsigned(rows), kThreads, 0, stream>>>(
+        dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), exclude_self, shift, n, m,
+        state_m.data_ptr<T>() + i0, state_s.data_ptr<T>() + i0, pos_logit ? pos_logit->data_ptr<T>() + i0 : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  at::Tensor lse = at::empty({n}, x.options());
+  if (n > 0) {  // also with m == 0: no tiles, and every row's lse is lse_of(-inf, 0) = -inf
+    lse_finish<T><<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+        state_m.data_ptr<T>(), state_s.data_ptr<T>(), n, lse.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return lse;
+}
+
+template <typename T, bool kRow, bool kCol>
+void grad_sweep(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale, const T* row_lse,
+                const T* row_weight, const T* col_lse, const T* col_weight, bool exclude_self, int64_t shift,
+                at::Tensor& acc, at::Tensor& dot_grad, at::Tensor& acc_b, cudaStream_t stream) {
+  const int64_t n = a.size(0), m = b.size(0);
+  for_each_tile(a, b, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
+    coefficient_epilogue<T, kRow, kCol><<<unsigned(rows), kThreads, 0, stream>>>(
+        dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), exclude_self, shift, n, m,
+        kRow ? row_lse + i0 : nullptr, kRow ? row_weight + i0 : nullptr, kCol ? col_lse + j0 : nullptr,
+        kCol ? col_weight + j0 : nullptr, dot_grad.data_ptr<T>() + i0);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    acc.narrow(0, i0, rows).addmm_(dots, b.narrow(0, j0, cols));  // dots now holds the coefficients
+    // b's gradient from the same tile: the tiles run one after another on the stream, so its
+    // rows never have two writers at once (and their parts arrive in row-tile order).
+    if (acc_b.defined()) acc_b.narrow(0, j0, cols).addmm_(dots.t(), a.narrow(0, i0, rows));
+  });
+}
+
+// The tiles are float (double for double inputs): half and bfloat16 rows are converted once,
+// and b reuses a's copy when it is a. scale = 1 / temperature on the device, in T.
+struct Prepared {
+  at::ScalarType acc;
+  at::Tensor a, b, scale;
+  int64_t shift;
+};
+
+Prepared prepare(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature, int64_t pos_offset) {
+  Prepared p;
+  p.acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  p.a = a.detach().to(p.acc).contiguous();
+  p.b = b.is_same(a) ? p.a : b.detach().to(p.acc).contiguous();
+  p.scale = temperature.detach().to(p.acc).reciprocal();
+  p.shift = a.size(0) > 0 ? pos_offset % a.size(0) : 0;
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_stats_cuda(const at::Tensor& a, const at::Tensor& b,
+                                                                    const at::Tensor& temperature, int64_t pos_offset,
+                                                                    bool exclude_self, bool col_stats) {
+  check_info_nce_args(a, b, temperature, pos_offset);
+  const c10::cuda::CUDAGuard guard(a.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.device().index());
+  const Prepared p = prepare(a, b, temperature, pos_offset);
+  auto run = [&](auto zero) {  // zero: a value of the tiles' type
+    using T = decltype(zero);
+    at::Tensor pos_logit;
+    at::Tensor lse = lse_sweep<T>(p.a, p.b, p.scale, exclude_self, p.shift, &pos_logit, stream);
+    // Per column: the same sweep with the roles swapped; the self pairs are the same pairs.
+    at::Tensor col_lse = col_stats ? lse_sweep<T>(p.b, p.a, p.scale, exclude_self, 0, nullptr, stream)
+                                   : at::empty({0}, p.a.options());
+    return std::tuple<at::Tensor, at::Tensor, at::Tensor>{lse, pos_logit, col_lse};
+  };
+  return p.acc == at::kDouble ? run(0.0) : run(0.0f);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_grad_cuda(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature, const std::optional<at::Tensor>& row_lse,
+    const std::optional<at::Tensor>& row_weight, const std::optional<at::Tensor>& col_lse,
+    const std::optional<at::Tensor>& col_weight, int64_t pos_offset, bool exclude_self, bool need_grad_b) {
+  check_info_nce_grad_args(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset, need_grad_b);
+  const c10::cuda::CUDAGuard guard(a.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.device().index());
+  const bool has_row = row_lse.has_value(), has_col = col_lse.has_value();
+  const Prepared p = prepare(a, b, temperature, pos_offset);
+  at::Tensor dot_grad = at::zeros({a.size(0)}, p.a.options());
+  at::Tensor empty_b = at::empty({0}, b.options());
+  if (!has_row && !has_col) {  // every coefficient is 0
+    return {at::zeros_like(a), need_grad_b ? at::zeros_like(b) : empty_b, dot_grad};
+  }
+  at::Tensor acc = at::zeros({a.size(0), a.size(1)}, p.a.options());
+  at::Tensor acc_b = need_grad_b ? at::zeros({b.size(0), b.size(1)}, p.a.options()) : at::Tensor();
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const T* rl = has_row ? row_lse->data_ptr<T>() : nullptr;
+    const T* rw = has_row ? row_weight->data_ptr<T>() : nullptr;
+    const T* cl = has_col ? col_lse->data_ptr<T>() : nullptr;
+    const T* cw = has_col ? col_weight->data_ptr<T>() : nullptr;
+    if (has_row && has_col) {
+      grad_sweep<T, true, true>(p.a, p.b, p.scale, rl, rw, cl, cw, exclude_self, p.shift, acc, dot_grad, acc_b,
+                                stream);
+    } else if (has_row) {
+      grad_sweep<T, true, false>(p.a, p.b, p.scale, rl, rw, cl, cw, exclude_self, p.shift, acc, dot_grad, acc_b,
+                                 stream);
+    } else {
+      grad_sweep<T, false, true>(p.a, p.b, p.scale, rl, rw, cl, cw, exclude_self, p.shift, acc, dot_grad, acc_b,
+                                 stream);
+    }
+  };
+  if (p.acc == at::kDouble) run(0.0); else run(0.0f);
+  acc.mul_(p.scale);  // / temperature, as the logits: times the same device-side 1 / temperature
+  if (!need_grad_b) return {acc.to(a.scalar_type()), empty_b, dot_grad};
+  acc_b.mul_(p.scale);
+  return {acc.to(a.scalar_type()), acc_b.to(b.scalar_type()), dot_grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
+  m.impl("info_nce_stats", &info_nce_stats_cuda);
+  m.impl("info_nce_grad", &info_nce_grad_cuda);
+}
+
+}  // namespace fastloss::cuda

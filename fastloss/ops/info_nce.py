@@ -1,0 +1,258 @@
+"""The all-pairs softmax family (InfoNCE, CLIP's symmetric loss, SimCLR's NT-Xent): custom ops
+per backend, autograd, and the entry points that functional.py calls.
+
+Contract (csrc/ops.cpp): info_nce_stats(a, b, temperature, pos_offset, exclude_self, col_stats)
+-> (lse, pos_logit, col_lse) and info_nce_grad(a, b, temperature, row_lse?, row_weight?, col_lse?,
+col_weight?, pos_offset, exclude_self, need_grad_b) -> (grad_a, grad_b, dot_grad), both tile by
+tile without the n x m logits (csrc/formulas/info_nce.h).
+
+Why a forward and a backward sweep (not gradients written in the forward, as the other
+families do): every gradient needs the rows' final log-sum-exp, known only at the end of the
+forward sweep, so a second sweep is needed anyway; with it apart, evaluation costs one matrix
+product instead of three, and backward takes grad_output as it is - with reduction "none" each
+row's grad_output weights coefficients that every key's gradient sums, which no rescaling of
+unit-grad_output gradients could give. Per row the forward keeps two statistics (lse, positive
+logit); backward recomputes each tile. L2 normalisation runs before the ops (F.normalize, O(N D)).
+
+Autograd, create_graph and the torch.func transforms: the shared pattern of autograd.py.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import _args, _backend
+from .. import reference as plain_formulas
+from .autograd import SweptLossFamily, apply_swept_loss
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+REDUCTION_NAMES = {v: k for k, v in REDUCTIONS.items()}
+INFO_NCE, NT_XENT = 0, 1
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _fake_stats(a, b, temperature, pos_offset, exclude_self, col_stats):
+    acc = _acc_dtype(a)
+    return (a.new_empty(a.shape[0], dtype=acc), a.new_empty(a.shape[0], dtype=acc),
+            a.new_empty(b.shape[0] if col_stats else 0, dtype=acc))
+
+
+def _fake_grad(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset, exclude_self, need_grad_b):
+    grad_b = torch.empty_like(b) if need_grad_b else b.new_empty(0)
+    return torch.empty_like(a), grad_b, a.new_empty(a.shape[0], dtype=_acc_dtype(a))
+
+
+if _backend.cpu_built() and hasattr(torch.ops.fastloss, "info_nce_stats"):
+    torch.library.register_fake("fastloss::info_nce_stats")(_fake_stats)
+    torch.library.register_fake("fastloss::info_nce_grad")(_fake_grad)
+
+
+@torch.library.custom_op("fastloss::info_nce_stats_triton", mutates_args=())
+def info_nce_stats_triton(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, pos_offset: int,
+                          exclude_self: bool, col_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Triton kernels behind info_nce_stats."""
+    from fastloss.kernels import info_nce as kernel  # imported late: TRITON_INTERPRET is read then
+
+    return kernel.info_nce_stats(a, b, temperature, pos_offset, exclude_self, col_stats)
+
+
+@torch.library.custom_op("fastloss::info_nce_grad_triton", mutates_args=())
+def info_nce_grad_triton(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, row_lse: torch.Tensor | None,
+                         row_weight: torch.Tensor | None, col_lse: torch.Tensor | None,
+                         col_weight: torch.Tensor | None, pos_offset: int, exclude_self: bool,
+                         need_grad_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Triton kernels behind info_nce_grad: b's gradient is the same sweep with the roles of
+    a and b (and of the row and column terms) swapped."""
+    from fastloss.kernels import info_nce as kernel
+
+    grad_a, dot_grad = kernel.info_nce_grad(a, b, temperature, row_lse, row_weight, col_lse, col_weight,
+                                            pos_offset, exclude_self)
+    if not need_grad_b:
+        return grad_a, b.new_empty(0), dot_grad
+    grad_b, _ = kernel.info_nce_grad(b, a, temperature, col_lse, col_weight, row_lse, row_weight, pos_offset,
+                                     exclude_self)
+    return grad_a, grad_b, dot_grad
+
+
+info_nce_stats_triton.register_fake(_fake_stats)
+info_nce_grad_triton.register_fake(_fake_grad)
+
+
+def _ops(backend: str):
+    if backend == "triton":
+        return torch.ops.fastloss.info_nce_stats_triton, torch.ops.fastloss.info_nce_grad_triton
+    return torch.ops.fastloss.info_nce_stats, torch.ops.fastloss.info_nce_grad
+
+
+def _reduce(rows: torch.Tensor, reduction_id: int, dtype: torch.dtype) -> torch.Tensor:
+    if reduction_id == REDUCTIONS["none"]:
+        return rows.to(dtype)
+    total = rows.sum() if reduction_id == REDUCTIONS["sum"] else rows.mean()
+    return total.to(dtype)
+
+
+def _row_weights(grad_output: torch.Tensor, reduction_id: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """Each row loss's d loss / d row: grad_output itself for "none", else spread over the rows."""
+    g = grad_output.to(dtype)
+    if reduction_id == REDUCTIONS["none"]:
+        return g.contiguous()
+    if reduction_id == REDUCTIONS["mean"]:
+        g = g / rows
+    return g.expand(rows).contiguous()
+
+
+def _temperature_grad(dot_grad: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    # l = (a . b) / t, so d loss / d t = -sum_ij c_ij (a . b)_ij / t^2
+    t = temperature.to(torch.float64)
+    return (-dot_grad.to(torch.float64).sum() / (t * t)).to(temperature.dtype)
+
+
+# ---- InfoNCE and CLIP: tensors (query, key, temperature); config (kind, symmetric, reduction) ----
+
+def _forward(backend: str, config: tuple, tensors) -> tuple[torch.Tensor, tuple]:
+    stats_op, _ = _ops(backend)
+    kind, symmetric, reduction_id = config
+    if kind == NT_XENT:
+        z, temperature = tensors
+        lse, pos, _ = stats_op(z, z, temperature, z.shape[0] // 2, True, False)
+        return _reduce(lse - pos, reduction_id, z.dtype), (lse,)
+    query, key, temperature = tensors
+    lse, pos, col_lse = stats_op(query, key, temperature, 0, False, symmetric)
+    rows = lse - pos
+    if symmetric:
+        rows = (rows + (col_lse - pos)) / 2
+        return _reduce(rows, reduction_id, query.dtype), (lse, col_lse)
+    return _reduce(rows, reduction_id, query.dtype), (lse,)
+
+
+def _backward(backend: str, config: tuple, tensors, stats, grad_output: torch.Tensor, needs) -> list:
+    _, grad_op = _ops(backend)
+    kind, symmetric, reduction_id = config
+    temperature = tensors[-1]
+    if kind == NT_XENT:
+        z = tensors[0]
+        (lse,) = stats
+        # Both directions of every pair in one row-owned sweep: l is symmetric, so row i's
+        # gradient takes c_ij + c_ji, the second being column j's term (its lse is row j's).
+        w = _row_weights(grad_output, reduction_id, z.shape[0], lse.dtype)
+        grad_z, _, dot_grad = grad_op(z, z, temperature, lse, w, lse, w, z.shape[0] // 2, True, False)
+        # dot_grad counts each pair from both ends: the temperature's share is half of it
+        grads = [grad_z if needs[0] else None, None]
+        if needs[1]:
+            grads[1] = _temperature_grad(dot_grad / 2, temperature)
+        return grads
+    query, key = tensors[0], tensors[1]
+    w = _row_weights(grad_output, reduction_id, query.shape[0], stats[0].dtype)
+    if symmetric:
+        lse, col_lse = stats
+        half = w / 2
+        gq, gk, dot_grad = grad_op(query, key, temperature, lse, half, col_lse, half, 0, False, needs[1])
+    else:
+        (lse,) = stats
+        gq, gk, dot_grad = grad_op(query, key, temperature, lse, w, None, None, 0, False, needs[1])
+    return [gq if needs[0] else None, gk if needs[1] else None,
+            _temperature_grad(dot_grad, temperature) if needs[2] else None]
+
+
+def _plain(config: tuple, tensors) -> torch.Tensor:
+    """The same loss on the materialised logits: what create_graph and the transforms differentiate."""
+    kind, symmetric, reduction_id = config
+    reduction = REDUCTION_NAMES[reduction_id]
+    if kind == NT_XENT:
+        z, temperature = tensors
+        half = z.shape[0] // 2
+        return plain_formulas.nt_xent_loss(z[:half], z[half:], temperature, reduction)
+    query, key, temperature = tensors
+    return plain_formulas.info_nce_loss(query, key, temperature, symmetric, False, reduction)
+
+
+FAMILY = SweptLossFamily("info_nce", _forward, _backward, _plain)
+
+
+# ---- argument checks and entry points ----
+
+def _check_rows(fn: str, name: str, x) -> None:
+    _args.check_tensor(fn, name, x)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"fastloss.{fn}: {name} must be a floating-point tensor, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"fastloss.{fn}: {name} must be (rows, D), got shape {tuple(x.shape)}")
+
+
+def _temperature(fn: str, temperature, like: torch.Tensor) -> torch.Tensor:
+    """temperature as a 0-d tensor on like's device, checked: a positive finite float, or a
+    floating 0-d (or one-element) tensor; a tensor's value is checked where that costs no device
+    sync and no graph break (on the CPU, outside torch.compile)."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1 or temperature.dim() > 1:
+            raise ValueError(f"fastloss.{fn}: temperature must be a scalar (a float or a 0-d tensor), got a tensor "
+                             f"of shape {tuple(temperature.shape)}")
+        if not temperature.dtype.is_floating_point:
+            raise TypeError(f"fastloss.{fn}: temperature must be floating point, got {temperature.dtype}")
+        if temperature.device != like.device:
+            raise RuntimeError(f"fastloss.{fn}: temperature must be on the embeddings' device ({like.device}), "
+                               f"got {temperature.device}")
+        if temperature.device.type == "cpu" and not torch.compiler.is_compiling():
+            value = float(temperature.detach().reshape(()))
+            if not value > 0:
+                raise ValueError(f"fastloss.{fn}: temperature must be > 0, got {value}")
+        return temperature.reshape(())
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"fastloss.{fn}: temperature must be a float or a 0-d tensor, got "
+                        f"{type(temperature).__name__}")
+    if not float(temperature) > 0 or temperature == float("inf"):
+        raise ValueError(f"fastloss.{fn}: temperature must be a finite number > 0, got {temperature}")
+    return torch.tensor(float(temperature), dtype=torch.float64, device=like.device)
+
+
+def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature, symmetric: bool, normalize: bool,
+                  reduction: str, backend: str | None, reference: Callable[[], torch.Tensor]) -> torch.Tensor:
+    fn = "info_nce_loss"
+    _check_rows(fn, "query", query)
+    _check_rows(fn, "key", key)
+    if key.shape[1] != query.shape[1]:
+        raise ValueError(f"fastloss.{fn}: key must have query's width D = {query.shape[1]}, got shape "
+                         f"{tuple(key.shape)}")
+    if key.shape[0] < query.shape[0]:
+        raise ValueError(f"fastloss.{fn}: key must have at least as many rows as query (row i's positive is key "
+                         f"row i), got query {tuple(query.shape)} and key {tuple(key.shape)}")
+    if symmetric and key.shape[0] != query.shape[0]:
+        raise ValueError(f"fastloss.{fn}: symmetric=True needs as many keys as queries (M = B: the key -> query "
+                         f"direction has one target per key), got query {tuple(query.shape)} and key "
+                         f"{tuple(key.shape)}")
+    _args.check_same_device(fn, "query", query, key=key)
+    reduction_id = _args.check_reduction(fn, reduction, REDUCTIONS)
+    temperature = _temperature(fn, temperature, query)
+    chosen = _backend.resolve(backend, query.device)
+    if chosen == "torch":
+        return reference()
+    dtype = _args.result_dtype(fn, query=query, key=key)
+    if normalize:
+        query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    tensors = [query.to(dtype).contiguous(), key.to(dtype).contiguous(), temperature]
+    return apply_swept_loss(FAMILY, (INFO_NCE, bool(symmetric), reduction_id), chosen, tensors)
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, reduction: str, backend: str | None,
+                 reference: Callable[[], torch.Tensor]) -> torch.Tensor:
+    fn = "nt_xent_loss"
+    _check_rows(fn, "z1", z1)
+    _check_rows(fn, "z2", z2)
+    if z1.shape != z2.shape:
+        raise ValueError(f"fastloss.{fn}: z1 and z2 must be two views of one batch, (B, D) each, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    _args.check_same_device(fn, "z1", z1, z2=z2)
+    reduction_id = _args.check_reduction(fn, reduction, REDUCTIONS)
+    temperature = _temperature(fn, temperature, z1)
+    chosen = _backend.resolve(backend, z1.device)
+    if chosen == "torch":
+        return reference()
+    dtype = _args.result_dtype(fn, z1=z1, z2=z2)
+    z = torch.cat([F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)]).contiguous()
+    return apply_swept_loss(FAMILY, (NT_XENT, False, reduction_id), chosen, [z, temperature])
