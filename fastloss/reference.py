@@ -222,7 +222,10 @@ def batch_hard_triplet_loss(embeddings, labels, margin=0.05, normalize=True, sof
 def info_nce_loss(query, key, temperature=0.07, symmetric=False, normalize=False, reduction="mean"):
     """InfoNCE on the materialised B x M logits query key^T / temperature: each query row's
     cross-entropy against every key row, its target its own index (keys B.. are negatives for
-    every row); symmetric (M = B) averages it with the key -> query direction (CLIP's loss)."""
+    every row); symmetric (M = B) averages it with the key -> query direction (CLIP's loss).
+    Mixed dtypes compute in their promotion."""
+    dtype = torch.promote_types(query.dtype, key.dtype)
+    query, key = query.to(dtype), key.to(dtype)
     if normalize:
         query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
     logits = query @ key.T / temperature
@@ -237,7 +240,8 @@ def nt_xent_loss(z1, z2, temperature=0.5, reduction="mean"):
     """SimCLR's NT-Xent on the materialised 2B x 2B similarities of the L2-normalised views: each
     embedding's cross-entropy with its other view as the target, every other embedding but
     itself a negative; "none" gives the 2B rows' losses, z1's first."""
-    z = torch.cat([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])
+    dtype = torch.promote_types(z1.dtype, z2.dtype)
+    z = torch.cat([F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)])
     logits = z @ z.T / temperature
     n = z.shape[0]
     logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))

@@ -23,9 +23,9 @@ CONTRASTIVE, HARD_TRIPLET, HARD_SOFT_TRIPLET = 0, 1, 2
 MEAN, SUM, AVG_NONZERO = 1, 2, 3
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 STATS = 5  # per row: positive costs > 0 (sum, count), negative ones (sum, count), every cost
-INF: tl.constexpr = float("inf")
-NAN: tl.constexpr = float("nan")
-NO_COLUMN: tl.constexpr = 1 << 62
+INF = tl.constexpr(float("inf"))  # constexpr objects: the GPU compiler rejects plain globals
+NAN = tl.constexpr(float("nan"))
+NO_COLUMN = tl.constexpr(1 << 62)
 NORM_EPS = 1e-12  # F.normalize's eps
 
 

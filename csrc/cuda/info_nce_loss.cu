@@ -10,7 +10,8 @@
 //   stats: per tile row the epilogue takes the max of its logits, then sum exp(l - max), and
 //     merges that (max, sum) into the row's online log-sum-exp state (info_nce::merge); a last
 //     small kernel turns the states into lse_of(m, s). The positive's logit is picked out of the
-//     tile that holds it. Column statistics are the same sweep over (b, a).
+//     tile that holds it. Column statistics: a second epilogue over the same tile, one thread per
+//     column (the same bits of every logit in both directions).
 //   grad: the epilogue recomputes each logit, overwrites the tile in place with its coefficient
 //     (info_nce::coefficient, its terms chosen at compile time) and adds sum_j c_ij (a_i . b_j) to
 //     dot_grad_i; at::addmm then adds C times the tile's rows of b into the (n, D) accumulator
@@ -111,6 +112,35 @@ lse_epilogue(const T* __restrict__ dots, int64_t cols, int64_t i0, int64_t j0, c
   }
 }
 
+// One thread per tile column: the column's (max, sum exp(l - max)) over the tile's rows, merged
+// into the column's state (col_m, col_s: offset to the tile's first column). Reads the tile the
+// row epilogue read, so both directions see the same bits of every logit: where one logit
+// dominates, exp(l - lse) is then exactly 1 (a second sweep over b a^T would sum each product in
+// another order, 1e-2 apart at float32 logits of 1e5). Adjacent threads read adjacent columns.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+col_lse_epilogue(const T* __restrict__ dots, int64_t rows, int64_t cols, int64_t i0, int64_t j0,
+                 const T* __restrict__ scale, bool exclude_self, T* __restrict__ col_m, T* __restrict__ col_s) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const T sc = *scale;
+  const int64_t self_row = exclude_self ? j0 + c - i0 : -1;  // local row of the self pair, if in the tile
+  T top = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < rows; ++i) {
+    const T l = dots[i * cols + c] * sc;
+    top = i != self_row ? select(l > top, l, top) : top;
+  }
+  const T tile_shift = info_nce::shift_of(top);
+  T sum = T(0);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (i != self_row) sum += info_nce::exp_below(dots[i * cols + c] * sc, tile_shift);
+  }
+  T state_m = col_m[c], state_s = col_s[c];
+  info_nce::merge(state_m, state_s, top, sum);
+  col_m[c] = state_m;
+  col_s[c] = state_s;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 lse_finish(const T* __restrict__ state_m, const T* __restrict__ state_s, int64_t count, T* __restrict__ lse) {
@@ -168,28 +198,44 @@ void for_each_tile(const at::Tensor& x, const at::Tensor& y, const Body& body) {
   }
 }
 
-// The log-sum-exp of every row of x's logits against y (x (n, D), y (m, D) in T), and with
-// pos_logit each row's positive logit (NaN where it has none). shift = pos_offset mod x.size(0).
+// The log-sum-exp of every row of x's logits against y (x (n, D), y (m, D) in T), with
+// pos_logit each row's positive logit (NaN where it has none), and with col_lse (defined: m
+// values) every column's over the rows, from the same tiles. shift = pos_offset mod x.size(0).
 template <typename T>
 at::Tensor lse_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor& scale, bool exclude_self,
-                   int64_t shift, at::Tensor* pos_logit, cudaStream_t stream) {
+                     int64_t shift, at::Tensor* pos_logit, at::Tensor* col_lse, cudaStream_t stream) {
   const int64_t n = x.size(0), m = y.size(0);
-  at::Tensor state_m = at::full({n}, -std::numeric_limits<double>::infinity(), x.options());
-  at::Tensor state_s = at::zeros({n}, x.options());
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor state_m = at::full({n}, -inf, x.options()), state_s = at::zeros({n}, x.options());
+  at::Tensor col_m, col_s;
+  if (col_lse) {
+    col_m = at::full({m}, -inf, x.options());
+    col_s = at::zeros({m}, x.options());
+  }
   if (pos_logit) *pos_logit = at::full({n}, std::numeric_limits<double>::quiet_NaN(), x.options());
   for_each_tile(x, y, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
     lse_epilogue<T><<<unsigned(rows), kThreads, 0, stream>>>(
         dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), exclude_self, shift, n, m,
         state_m.data_ptr<T>() + i0, state_s.data_ptr<T>() + i0, pos_logit ? pos_logit->data_ptr<T>() + i0 : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (col_lse) {
+      col_lse_epilogue<T><<<unsigned((cols + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          dots.data_ptr<T>(), rows, cols, i0, j0, scale.data_ptr<T>(), exclude_self, col_m.data_ptr<T>() + j0,
+          col_s.data_ptr<T>() + j0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
-  at::Tensor lse = at::empty({n}, x.options());
-  if (n > 0) {  // also with m == 0: no tiles, and every row's lse is lse_of(-inf, 0) = -inf
-    lse_finish<T><<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-        state_m.data_ptr<T>(), state_s.data_ptr<T>(), n, lse.data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return lse;
+  auto finish = [&](const at::Tensor& sm, const at::Tensor& ss, int64_t count) {
+    at::Tensor out = at::empty({count}, x.options());
+    if (count > 0) {  // also with no tiles: lse_of(-inf, 0) = -inf
+      lse_finish<T><<<unsigned((count + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          sm.data_ptr<T>(), ss.data_ptr<T>(), count, out.data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return out;
+  };
+  if (col_lse) *col_lse = finish(col_m, col_s, m);
+  return finish(state_m, state_s, n);
 }
 
 template <typename T, bool kRow, bool kCol>
@@ -237,11 +283,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_stats_cuda(const at::Ten
   const Prepared p = prepare(a, b, temperature, pos_offset);
   auto run = [&](auto zero) {  // zero: a value of the tiles' type
     using T = decltype(zero);
-    at::Tensor pos_logit;
-    at::Tensor lse = lse_sweep<T>(p.a, p.b, p.scale, exclude_self, p.shift, &pos_logit, stream);
-    // Per column: the same sweep with the roles swapped; the self pairs are the same pairs.
-    at::Tensor col_lse = col_stats ? lse_sweep<T>(p.b, p.a, p.scale, exclude_self, 0, nullptr, stream)
-                                   : at::empty({0}, p.a.options());
+    at::Tensor pos_logit, col_lse = at::empty({0}, p.a.options());
+    at::Tensor lse = lse_sweep<T>(p.a, p.b, p.scale, exclude_self, p.shift, &pos_logit,
+                                  col_stats ? &col_lse : nullptr, stream);
     return std::tuple<at::Tensor, at::Tensor, at::Tensor>{lse, pos_logit, col_lse};
   };
   return p.acc == at::kDouble ? run(0.0) : run(0.0f);

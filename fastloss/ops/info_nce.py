@@ -12,7 +12,8 @@ forward sweep, so a second sweep is needed anyway; with it apart, evaluation cos
 product instead of three, and backward takes grad_output as it is - with reduction "none" each
 row's grad_output weights coefficients that every key's gradient sums, which no rescaling of
 unit-grad_output gradients could give. Per row the forward keeps two statistics (lse, positive
-logit); backward recomputes each tile. L2 normalisation runs before the ops (F.normalize, O(N D)).
+logit); backward recomputes each tile. L2 normalisation (F.normalize's, O(N D)) runs around the
+ops, its backward in place over the ops' gradients.
 
 Autograd, create_graph and the torch.func transforms: the shared pattern of autograd.py.
 """
@@ -67,17 +68,11 @@ def info_nce_grad_triton(a: torch.Tensor, b: torch.Tensor, temperature: torch.Te
                          row_weight: torch.Tensor | None, col_lse: torch.Tensor | None,
                          col_weight: torch.Tensor | None, pos_offset: int, exclude_self: bool,
                          need_grad_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The Triton kernels behind info_nce_grad: b's gradient is the same sweep with the roles of
-    a and b (and of the row and column terms) swapped."""
+    """The Triton kernels behind info_nce_grad."""
     from fastloss.kernels import info_nce as kernel
 
-    grad_a, dot_grad = kernel.info_nce_grad(a, b, temperature, row_lse, row_weight, col_lse, col_weight,
-                                            pos_offset, exclude_self)
-    if not need_grad_b:
-        return grad_a, b.new_empty(0), dot_grad
-    grad_b, _ = kernel.info_nce_grad(b, a, temperature, col_lse, col_weight, row_lse, row_weight, pos_offset,
-                                     exclude_self)
-    return grad_a, grad_b, dot_grad
+    return kernel.info_nce_grad(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset,
+                                exclude_self, need_grad_b)
 
 
 info_nce_stats_triton.register_fake(_fake_stats)
@@ -113,17 +108,43 @@ def _temperature_grad(dot_grad: torch.Tensor, temperature: torch.Tensor) -> torc
     return (-dot_grad.to(torch.float64).sum() / (t * t)).to(temperature.dtype)
 
 
-# ---- InfoNCE and CLIP: tensors (query, key, temperature); config (kind, symmetric, reduction) ----
+# ---- the family: tensors (query, key, temperature) or (z1, z2, temperature); config (kind,
+# symmetric, reduction, normalize) ----
+
+NORM_EPS = 1e-12  # F.normalize's
+
+
+def _unit_rows(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return F.normalize(x, dim=1, eps=NORM_EPS) if normalize else x
+
+
+def _unit_rows_backward_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """F.normalize's backward in place over grad (d loss / d unit rows -> d loss / d x):
+    (g - u (u . g)) / max(|x|, eps), without the projection where the norm was clamped."""
+    norm = x.norm(dim=1, keepdim=True)
+    denom = norm.clamp_min(NORM_EPS)
+    u_dot_g = ((x / denom) * grad).sum(dim=1, keepdim=True).masked_fill_(~(norm > NORM_EPS), 0)
+    return grad.addcmul_(x / denom, u_dot_g, value=-1).div_(denom)
+
+
+def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    return torch.cat([_unit_rows(z1, True), _unit_rows(z2, True)])
+
+
+# The unit rows are not saved: backward recomputes them (O(N D)), so that neither they nor a
+# second set of gradients outlives its step (with autograd's F.normalize both would).
 
 def _forward(backend: str, config: tuple, tensors) -> tuple[torch.Tensor, tuple]:
     stats_op, _ = _ops(backend)
-    kind, symmetric, reduction_id = config
+    kind, symmetric, reduction_id, normalize = config
     if kind == NT_XENT:
-        z, temperature = tensors
-        lse, pos, _ = stats_op(z, z, temperature, z.shape[0] // 2, True, False)
+        z1, z2, temperature = tensors
+        z = _nt_xent_rows(z1, z2)
+        lse, pos, _ = stats_op(z, z, temperature, z1.shape[0], True, False)
         return _reduce(lse - pos, reduction_id, z.dtype), (lse,)
     query, key, temperature = tensors
-    lse, pos, col_lse = stats_op(query, key, temperature, 0, False, symmetric)
+    lse, pos, col_lse = stats_op(_unit_rows(query, normalize), _unit_rows(key, normalize), temperature, 0, False,
+                                 symmetric)
     rows = lse - pos
     if symmetric:
         rows = (rows + (col_lse - pos)) / 2
@@ -133,43 +154,50 @@ def _forward(backend: str, config: tuple, tensors) -> tuple[torch.Tensor, tuple]
 
 def _backward(backend: str, config: tuple, tensors, stats, grad_output: torch.Tensor, needs) -> list:
     _, grad_op = _ops(backend)
-    kind, symmetric, reduction_id = config
+    kind, symmetric, reduction_id, normalize = config
     temperature = tensors[-1]
     if kind == NT_XENT:
-        z = tensors[0]
+        z1, z2, _ = tensors
+        b = z1.shape[0]
+        z = _nt_xent_rows(z1, z2)
         (lse,) = stats
-        # Both directions of every pair in one row-owned sweep: l is symmetric, so row i's
-        # gradient takes c_ij + c_ji, the second being column j's term (its lse is row j's).
-        w = _row_weights(grad_output, reduction_id, z.shape[0], lse.dtype)
-        grad_z, _, dot_grad = grad_op(z, z, temperature, lse, w, lse, w, z.shape[0] // 2, True, False)
-        # dot_grad counts each pair from both ends: the temperature's share is half of it
-        grads = [grad_z if needs[0] else None, None]
-        if needs[1]:
-            grads[1] = _temperature_grad(dot_grad / 2, temperature)
+        # Both directions of every pair in one row-owned sweep: the similarities are symmetric,
+        # so row i's gradient takes c_ij + c_ji, the second being column j's term (its lse row j's).
+        w = _row_weights(grad_output, reduction_id, 2 * b, lse.dtype)
+        grad_z, _, dot_grad = grad_op(z, z, temperature, lse, w, lse, w, b, True, False)
+        del z
+        grads = [_unit_rows_backward_(grad_z[:b], z1) if needs[0] else None,
+                 _unit_rows_backward_(grad_z[b:], z2) if needs[1] else None, None]
+        if needs[2]:  # dot_grad counts each pair from both ends: the temperature's share is half
+            grads[2] = _temperature_grad(dot_grad / 2, temperature)
         return grads
     query, key = tensors[0], tensors[1]
+    q, k = _unit_rows(query, normalize), _unit_rows(key, normalize)
     w = _row_weights(grad_output, reduction_id, query.shape[0], stats[0].dtype)
     if symmetric:
         lse, col_lse = stats
         half = w / 2
-        gq, gk, dot_grad = grad_op(query, key, temperature, lse, half, col_lse, half, 0, False, needs[1])
+        gq, gk, dot_grad = grad_op(q, k, temperature, lse, half, col_lse, half, 0, False, needs[1])
     else:
         (lse,) = stats
-        gq, gk, dot_grad = grad_op(query, key, temperature, lse, w, None, None, 0, False, needs[1])
+        gq, gk, dot_grad = grad_op(q, k, temperature, lse, w, None, None, 0, False, needs[1])
+    del q, k
+    if normalize:
+        gq = _unit_rows_backward_(gq, query) if needs[0] else None
+        gk = _unit_rows_backward_(gk, key) if needs[1] else None
     return [gq if needs[0] else None, gk if needs[1] else None,
             _temperature_grad(dot_grad, temperature) if needs[2] else None]
 
 
 def _plain(config: tuple, tensors) -> torch.Tensor:
     """The same loss on the materialised logits: what create_graph and the transforms differentiate."""
-    kind, symmetric, reduction_id = config
+    kind, symmetric, reduction_id, normalize = config
     reduction = REDUCTION_NAMES[reduction_id]
     if kind == NT_XENT:
-        z, temperature = tensors
-        half = z.shape[0] // 2
-        return plain_formulas.nt_xent_loss(z[:half], z[half:], temperature, reduction)
+        z1, z2, temperature = tensors
+        return plain_formulas.nt_xent_loss(z1, z2, temperature, reduction)
     query, key, temperature = tensors
-    return plain_formulas.info_nce_loss(query, key, temperature, symmetric, False, reduction)
+    return plain_formulas.info_nce_loss(query, key, temperature, symmetric, normalize, reduction)
 
 
 FAMILY = SweptLossFamily("info_nce", _forward, _backward, _plain)
@@ -233,10 +261,8 @@ def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature, symmetric
     if chosen == "torch":
         return reference()
     dtype = _args.result_dtype(fn, query=query, key=key)
-    if normalize:
-        query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
     tensors = [query.to(dtype).contiguous(), key.to(dtype).contiguous(), temperature]
-    return apply_swept_loss(FAMILY, (INFO_NCE, bool(symmetric), reduction_id), chosen, tensors)
+    return apply_swept_loss(FAMILY, (INFO_NCE, bool(symmetric), reduction_id, bool(normalize)), chosen, tensors)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, reduction: str, backend: str | None,
@@ -254,5 +280,5 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, reduction: str
     if chosen == "torch":
         return reference()
     dtype = _args.result_dtype(fn, z1=z1, z2=z2)
-    z = torch.cat([F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)]).contiguous()
-    return apply_swept_loss(FAMILY, (NT_XENT, False, reduction_id), chosen, [z, temperature])
+    tensors = [z1.to(dtype).contiguous(), z2.to(dtype).contiguous(), temperature]
+    return apply_swept_loss(FAMILY, (NT_XENT, False, reduction_id, True), chosen, tensors)
