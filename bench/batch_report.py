@@ -1,8 +1,9 @@
 """The in-batch losses' report: forward+backward time and peak extra memory of fastloss's tiled
-kernels against pytorch-metric-learning and a materialised torch formula under torch.compile,
-and fastloss's effective FLOP/s against a matrix product measured in the same run.
+kernels against pytorch-metric-learning and a materialised torch formula (eager and under
+torch.compile), and fastloss's effective FLOP/s against a matrix product measured in the same run.
 
-    python bench/batch_report.py [--sizes 1024,4096,16384,32768,65536] [--dims 128,512] [--out DIR]
+    python bench/batch_report.py [--sizes 1024,4096,16384,32768,65536] [--dims 128,512] [--losses ...]
+                                 [--out DIR] [--name STEM]
 
 The embeddings are Gaussian rows (far apart after normalisation: few negative pairs within
 neg_margin = 1, and with N / 16 labels few positive pairs, so most coefficient tiles are zeros
@@ -13,9 +14,15 @@ step (compilation included, its time reported apart), then timed steps; the peak
 is the process's peak resident memory during a timed step minus its resident memory before it
 (Linux: VmHWM reset through /proc/self/clear_refs). A provider that runs out of memory (each
 process may allocate at most --memory-gib) or time is reported so, and not run at larger N.
-Effective FLOP/s counts 3 * 2 * N * N * D per forward+backward (the distance tile, and the
-gradient products of the query and reference roles); the ceiling is float32 matrix products of
-4096 x D by D x 4096 (compute-bound, the same D) timed in the same run.
+Effective FLOP/s counts the three products a materialised forward+backward needs, 3 * 2 * R * C * D
+for an R x C matrix (N x N; B x B for InfoNCE and CLIP; 2B x 2B for NT-Xent, N = B per view);
+fastloss's tiled softmax losses do four (the backward recomputes the logits), so 75% of the
+ceiling is their limit. The ceiling is float32 matrix products of 4096 x D by D x 4096
+(compute-bound, the same D) timed in the same run.
+
+The softmax losses (info_nce, clip: symmetric InfoNCE, nt_xent on two views of N rows) take unit
+Gaussian rows, temperature 0.07 (0.5 for NT-Xent); the materialised formula is fastloss.reference's
+(F.cross_entropy on the logits), pytorch-metric-learning's NTXentLoss the peer for NT-Xent.
 """
 
 from __future__ import annotations
@@ -32,8 +39,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LOSSES = ("batch_contrastive", "batch_hard_triplet")
-PROVIDERS = ("fastloss-cpu", "pml", "torch-compile")
+MARGIN_LOSSES = ("batch_contrastive", "batch_hard_triplet")
+SOFTMAX_LOSSES = ("info_nce", "clip", "nt_xent")
+LOSSES = MARGIN_LOSSES + SOFTMAX_LOSSES
+PROVIDERS = ("fastloss-cpu", "pml", "torch-eager", "torch-compile")
+# who runs each loss: pml has no InfoNCE with a separate key set; the margin losses' materialised
+# formula is kept to torch.compile (its eager form is slower still)
+PROVIDERS_OF = {"batch_contrastive": ("fastloss-cpu", "pml", "torch-compile"),
+                "batch_hard_triplet": ("fastloss-cpu", "pml", "torch-compile"),
+                "info_nce": ("fastloss-cpu", "torch-eager", "torch-compile"),
+                "clip": ("fastloss-cpu", "torch-eager", "torch-compile"),
+                "nt_xent": ("fastloss-cpu", "pml", "torch-eager", "torch-compile")}
 CLUSTERED = ", clustered rows"
 CLUSTERED_SIZES = (4096, 16384)  # at D = 128
 SAMPLES_PER_CLASS = 16  # labels: N / 16 classes, as a P x K sampler gives
@@ -46,12 +62,38 @@ def _rss(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _softmax_step(loss: str, provider: str, x, k):
+    import torch
+
+    import fastloss
+    from fastloss import reference
+
+    if provider == "pml":  # NT-Xent: the two views as one batch, each pair sharing a label
+        from pytorch_metric_learning import losses
+
+        peer, labels = losses.NTXentLoss(temperature=0.5), torch.arange(x.shape[0]).repeat(2)
+        return lambda: peer(torch.cat([x, k]), labels).backward()
+    if provider == "fastloss-cpu":
+        if loss == "nt_xent":
+            return lambda: fastloss.nt_xent_loss(x, k, 0.5, backend="cpu").backward()
+        return lambda: fastloss.info_nce_loss(x, k, 0.07, symmetric=loss == "clip", normalize=True,
+                                              backend="cpu").backward()
+    if loss == "nt_xent":
+        formula = lambda a, b: reference.nt_xent_loss(a, b, 0.5)  # noqa: E731
+    else:
+        formula = lambda a, b: reference.info_nce_loss(a, b, 0.07, loss == "clip", True)  # noqa: E731
+    formula = torch.compile(formula) if provider == "torch-compile" else formula
+    return lambda: formula(x, k).backward()
+
+
 def _step(loss: str, provider: str, x, y):
     import torch
 
     import fastloss
     from fastloss import reference
 
+    if loss in SOFTMAX_LOSSES:
+        return _softmax_step(loss, provider, x, y)
     if provider == "fastloss-cpu":
         fn = fastloss.batch_contrastive_loss if loss == "batch_contrastive" else fastloss.batch_hard_triplet_loss
         return lambda: fn(x, y, backend="cpu").backward()
@@ -77,13 +119,17 @@ def child(loss: str, provider: str, n: int, d: int, memory_gib: float) -> dict:
     torch.manual_seed(0)
     clustered = provider.endswith(CLUSTERED)
     x = (1.0 + 0.3 * torch.randn(n, d) if clustered else torch.randn(n, d)).requires_grad_()
-    y = torch.randint(0, max(1, n // SAMPLES_PER_CLASS), (n,))
+    if loss in SOFTMAX_LOSSES:  # y: the keys (the second view)
+        y = torch.randn(n, d).requires_grad_()
+    else:
+        y = torch.randint(0, max(1, n // SAMPLES_PER_CLASS), (n,))
     result = {"loss": loss, "provider": provider, "n": n, "d": d}
     provider = provider.removesuffix(CLUSTERED)
     try:
         step = _step(loss, provider, x, y)
         if provider == "fastloss-cpu":  # no compilation: warm up at a small size
-            _step(loss, provider, x[:256].detach().requires_grad_(), y[:256])()
+            small = y[:256].detach().requires_grad_(y.requires_grad)
+            _step(loss, provider, x[:256].detach().requires_grad_(), small)()
             warm = 0.0
         else:
             t0 = time.perf_counter()
@@ -91,7 +137,7 @@ def child(loss: str, provider: str, n: int, d: int, memory_gib: float) -> dict:
             warm = time.perf_counter() - t0
         times, peaks = [], []
         while len(times) < 3 and (not times or sum(times) < 4.0):
-            x.grad = None
+            x.grad = y.grad = None
             base = _rss("VmRSS:")
             Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
             t0 = time.perf_counter()
@@ -142,15 +188,16 @@ def run(loss: str, provider: str, n: int, d: int, args) -> dict:
 
 def table(rows: list[dict], ceilings: dict) -> str:
     lines = ["| loss | N | D | provider | time (s) | peak extra memory | effective GFLOP/s | % of matmul | "
-             "vs pml | vs compile |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "vs pml | vs eager | vs compile |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     index = {(r["loss"], r["n"], r["d"], r["provider"]): r for r in rows}
     for r in rows:
         key = (r["loss"], r["n"], r["d"])
         if "error" in r:
-            lines.append(f"| {r['loss']} | {r['n']} | {r['d']} | {r['provider']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['loss']} | {r['n']} | {r['d']} | {r['provider']} | {r['error']} | | | | | | |")
             continue
-        flops = 6 * r["n"] * r["n"] * r["d"] / r["seconds"]
+        side = 2 * r["n"] if r["loss"] == "nt_xent" else r["n"]
+        flops = 6 * side * side * r["d"] / r["seconds"]
 
         def ratio(other):
             o = index.get((*key, other))
@@ -160,12 +207,13 @@ def table(rows: list[dict], ceilings: dict) -> str:
         compile_note = f" (+{r['compile_seconds']:.1f} s compile)" if r.get("compile_seconds") else ""
         lines.append(f"| {r['loss']} | {r['n']} | {r['d']} | {r['provider']} | {r['seconds']:.3f}{compile_note} | "
                      f"{mib:,.0f} MiB | {flops / 1e9:.1f} | {100 * flops / ceilings[r['d']]:.0f}% | "
-                     f"{ratio('pml')} | {ratio('torch-compile')} |")
-    lines += ["", "Effective GFLOP/s: 3 * 2 * N^2 * D per forward+backward. % of matmul: against float32 "
-              "4096 x D by D x 4096 products in the same run (" +
-              ", ".join(f"D={d}: {c / 1e9:.0f} GFLOP/s" for d, c in ceilings.items()) + "). vs pml / vs "
-              "compile: their time over this row's. Peak extra memory: the process's peak resident memory "
-              "during a step minus before it (inputs and model excluded; each case in its own process)."]
+                     f"{ratio('pml')} | {ratio('torch-eager')} | {ratio('torch-compile')} |")
+    lines += ["", "Effective GFLOP/s: 3 * 2 * R * C * D per forward+backward for the R x C matrix (N x N; 2N x 2N "
+              "for NT-Xent, N per view). % of matmul: against float32 4096 x D by D x 4096 products in the same "
+              "run (" + ", ".join(f"D={d}: {c / 1e9:.0f} GFLOP/s" for d, c in ceilings.items()) + "). vs pml / "
+              "vs eager / vs compile: their time over this row's (eager and compile: the materialised formula). "
+              "Peak extra memory: the process's peak resident memory during a step minus before it (inputs "
+              "excluded; each case in its own process)."]
     return "\n".join(lines)
 
 
@@ -174,10 +222,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1024,4096,16384,32768,65536")
     parser.add_argument("--dims", default="128,512")
     parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--max-nt-xent", type=int, default=65536, help="largest N (per view) for nt_xent")
     parser.add_argument("--providers", default=",".join(PROVIDERS))
     parser.add_argument("--memory-gib", type=float, default=20.0, help="per process, default 20")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per case")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
+    parser.add_argument("--name", default="batch-report-cpu", help="the result files' stem")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -203,7 +253,11 @@ def main() -> None:
             for n in sizes:
                 extra = [f"fastloss-cpu{CLUSTERED}"] if d == 128 and n in CLUSTERED_SIZES and \
                     "fastloss-cpu" in providers else []
-                for provider in providers + extra:
+                if loss in SOFTMAX_LOSSES:
+                    extra = []
+                if loss == "nt_xent" and n > args.max_nt_xent:
+                    continue
+                for provider in [p for p in providers if p in PROVIDERS_OF[loss]] + extra:
                     if provider in failed:
                         rows.append({"loss": loss, "provider": provider, "n": n, "d": d,
                                      "error": "not run (ran out at a smaller N)"})
@@ -228,11 +282,11 @@ def main() -> None:
                 f"{meta['threads']} threads, commit {commit}, {meta['date']}\n\n{table(rows, ceilings)}\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "batch-report-cpu.json").write_text(json.dumps({"meta": meta, "ceilings": ceilings, "rows": rows}, indent=1))
-    (out / "batch-report-cpu.md").write_text(markdown)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "ceilings": ceilings, "rows": rows}, indent=1))
+    (out / f"{args.name}.md").write_text(markdown)
     print()
     print(markdown)
-    print(f"(written to {out}/batch-report-cpu.md and .json)")
+    print(f"(written to {out}/{args.name}.md and .json)")
 
 
 if __name__ == "__main__":

@@ -43,3 +43,16 @@ def test_metric_learning_learns_agrees_with_the_peer_and_takes_a_large_batch():
     gap = float(re.search(r"curves agree to ([0-9.e+-]+)", out).group(1))
     assert gap < 1e-4, out
     assert "one step on a batch of 8192 embeddings" in out, out
+
+
+def test_clip_pairs_learns_agrees_with_the_materialised_loss_and_takes_a_large_batch():
+    pytest.importorskip("sklearn", reason="the example needs scikit-learn (installed by `make setup`)")
+    out = run_example("clip_pairs.py", "--epochs", "30", "--large", "8192")
+    recall = float(re.search(r"InfoNCELoss\(symmetric=True\): held-out recall@1 ([0-9.]+)", out).group(1))
+    chance = float(re.search(r"\(chance ([0-9.]+)\)", out).group(1))
+    assert recall > 20 * chance, out
+    temperature = float(re.search(r"InfoNCELoss.*learned temperature ([0-9.]+)", out).group(1))
+    assert abs(temperature - 0.07) > 0.005, out  # the logit scale learned
+    gap = float(re.search(r"curves agree to ([0-9.e+-]+)", out).group(1))
+    assert gap < 1e-5, out
+    assert "one step on a batch of 8192 pairs" in out, out
