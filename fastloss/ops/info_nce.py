@@ -236,7 +236,9 @@ def _temperature(fn: str, temperature, like: torch.Tensor) -> torch.Tensor:
                         f"{type(temperature).__name__}")
     if not float(temperature) > 0 or temperature == float("inf"):
         raise ValueError(f"fastloss.{fn}: temperature must be a finite number > 0, got {temperature}")
-    return torch.tensor(float(temperature), dtype=torch.float64, device=like.device)
+    # filled on the device (a fill kernel with the value as its argument): torch.tensor(value,
+    # device=...) would copy from the host and wait for the stream
+    return torch.full((), float(temperature), dtype=torch.float64, device=like.device)
 
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature, symmetric: bool, normalize: bool,
