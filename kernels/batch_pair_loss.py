@@ -23,8 +23,10 @@ CONTRASTIVE, HARD_TRIPLET, HARD_SOFT_TRIPLET = 0, 1, 2
 MEAN, SUM, AVG_NONZERO = 1, 2, 3
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 STATS = 5  # per row: positive costs > 0 (sum, count), negative ones (sum, count), every cost
-INF = tl.constexpr(float("inf"))  # constexpr objects: the GPU compiler rejects plain globals
-NAN = tl.constexpr(float("nan"))
+# Globals a kernel reads must be constexpr objects (the GPU compiler rejects plain ones), and equal
+# to themselves: every launch compares them with their value at compile time, so a NaN constant
+# would fail each launch (NaN is written inline instead).
+INF = tl.constexpr(float("inf"))
 NO_COLUMN = tl.constexpr(1 << 62)
 NORM_EPS = 1e-12  # F.normalize's eps
 
@@ -215,12 +217,12 @@ def _hard_mining_kernel(x_ptr, x_scale_ptr, x_sq_ptr, lab_ptr, pos_d_ptr, pos_j_
         keep_p = best_p != best_p  # a NaN already chosen stays
         take_nan_p = (~keep_p) & (nan_p < NO_COLUMN)
         take_p = (~keep_p) & (~take_nan_p) & (top_p > best_p)
-        best_p = tl.where(take_nan_p, NAN, tl.where(take_p, top_p, best_p))
+        best_p = tl.where(take_nan_p, float("nan"), tl.where(take_p, top_p, best_p))
         idx_p = tl.where(take_nan_p, nan_p, tl.where(take_p, at_p, idx_p))
         keep_n = best_n != best_n
         take_nan_n = (~keep_n) & (nan_n < NO_COLUMN)
         take_n = (~keep_n) & (~take_nan_n) & (low_n < best_n)
-        best_n = tl.where(take_nan_n, NAN, tl.where(take_n, low_n, best_n))
+        best_n = tl.where(take_nan_n, float("nan"), tl.where(take_n, low_n, best_n))
         idx_n = tl.where(take_nan_n, nan_n, tl.where(take_n, at_n, idx_n))
     inside = rows < n
     tl.store(pos_d_ptr + rows, best_p, mask=inside)

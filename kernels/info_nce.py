@@ -42,8 +42,7 @@ MAX_BLOCK_D = 128  # the gradient's chunk of D (a power of two, at least 16 for 
 # and a 424-byte spill with 4 warps at BLOCK_D = 128, 210 registers and none with 8 (compiled
 # only: no timing).
 NUM_WARPS = 8
-INF = tl.constexpr(float("inf"))
-NAN = tl.constexpr(float("nan"))
+INF = tl.constexpr(float("inf"))  # not NaN: see batch_pair_loss.py
 
 
 @triton.jit
@@ -113,7 +112,7 @@ def _lse_kernel(a_ptr, b_ptr, t_ptr, lse_ptr, pos_ptr, n, m, d, offset, COLUMNS:
     scale = _scale(t_ptr, ACC)
     run_max = tl.full([BLOCK_OWN], -INF, ACC)
     run_sum = tl.zeros([BLOCK_OWN], dtype=ACC)
-    pos = tl.full([BLOCK_OWN], NAN, ACC)
+    pos = tl.full([BLOCK_OWN], float("nan"), ACC)
     target = _target(own, offset, n)
     for j0 in range(0, n_other, BLOCK_OTHER):
         other = j0 + tl.arange(0, BLOCK_OTHER)
@@ -140,7 +139,7 @@ def _lse_kernel(a_ptr, b_ptr, t_ptr, lse_ptr, pos_ptr, n, m, d, offset, COLUMNS:
         valid = target < n_other
         if SELF:
             valid = valid & (target != own)  # the positive is a dropped pair: none
-        tl.store(pos_ptr + own, tl.where(valid, pos, NAN), mask=inside)
+        tl.store(pos_ptr + own, tl.where(valid, pos, float("nan")), mask=inside)
 
 
 @triton.jit
