@@ -13,7 +13,7 @@ namespace {  // internal linkage: compiled by both g++ and nvcc
 
 // a (n, D) and b (m, D) of one dtype and device, contiguous; temperature 0-d, floating, there too.
 inline void check_info_nce_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
-                                int64_t pos_offset) {
+                                int64_t pos_offset, int64_t pos_period, int64_t self_offset) {
   check_kernel_dtype("a", a.scalar_type());
   TORCH_CHECK(a.dim() == 2, "fastloss: a must be (n, D), got ", a.sizes());
   TORCH_CHECK(a.is_contiguous(), "fastloss: a must be contiguous");
@@ -25,6 +25,8 @@ inline void check_info_nce_args(const at::Tensor& a, const at::Tensor& b, const 
   TORCH_CHECK(temperature.device() == a.device(), "fastloss: temperature must be on a's device ", a.device(),
               ", got ", temperature.device());
   TORCH_CHECK(pos_offset >= 0, "fastloss: pos_offset must be >= 0, got ", pos_offset);
+  TORCH_CHECK(pos_period >= 1, "fastloss: pos_period must be >= 1, got ", pos_period);
+  TORCH_CHECK(self_offset >= -1, "fastloss: self_offset must be >= 0, or -1 for none, got ", self_offset);
 }
 
 // The per-row statistics of the grad op: (rows,) in the accumulation dtype of a, on its device.
@@ -42,11 +44,8 @@ inline void check_info_nce_grad_args(const at::Tensor& a, const at::Tensor& b, c
                                      const std::optional<at::Tensor>& row_weight,
                                      const std::optional<at::Tensor>& col_lse,
                                      const std::optional<at::Tensor>& col_weight, int64_t pos_offset,
-                                     bool need_grad_b) {
-  check_info_nce_args(a, b, temperature, pos_offset);
-  TORCH_CHECK(!need_grad_b || pos_offset == 0 || (a.size(0) == b.size(0) && 2 * pos_offset == a.size(0)),
-              "fastloss: need_grad_b takes pos_offset 0 or n = m = 2 pos_offset (a pairing that reads the same "
-              "from b's side), got pos_offset ", pos_offset, " with n = ", a.size(0), ", m = ", b.size(0));
+                                     int64_t pos_period, int64_t self_offset) {
+  check_info_nce_args(a, b, temperature, pos_offset, pos_period, self_offset);
   TORCH_CHECK(row_lse.has_value() == row_weight.has_value(), "fastloss: row_lse and row_weight come together");
   TORCH_CHECK(col_lse.has_value() == col_weight.has_value(), "fastloss: col_lse and col_weight come together");
   check_row_stat("row_lse", row_lse, a.size(0), a);

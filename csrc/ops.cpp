@@ -40,24 +40,25 @@ TORCH_LIBRARY(fastloss, m) {
   // The softmax cross-entropy losses over all pairs (formulas/info_nce.h), tile by tile, never
   // holding the n x m matrix of logits l_ij = (a_i . b_j) / temperature: a (n, D), b (m, D),
   // temperature a 0-d floating tensor on their device. Row i's positive (target) is column
-  // (i + pos_offset) mod n when that is < m; exclude_self drops the pairs i == j (a is b).
+  // (i + pos_offset) mod pos_period when that is < m; self_offset >= 0 drops the pairs
+  // (i, i + self_offset) (a's rows are b's from that row on), -1 drops none.
   // info_nce_stats -> (lse, pos_logit, col_lse): per row of a, the log-sum-exp of its logits and
-  // its positive's logit (NaN where it has none); with col_stats, per column the log-sum-exp of
-  // its logits over the rows (else empty). float32 (float64 for float64 inputs).
+  // its positive's logit (NaN where it has none or it is a dropped pair); with col_stats, per
+  // column the log-sum-exp of its logits over the rows (else empty). float32 (float64 for float64
+  // inputs).
   m.def(
-      "info_nce_stats(Tensor a, Tensor b, Tensor temperature, int pos_offset, bool exclude_self, "
+      "info_nce_stats(Tensor a, Tensor b, Tensor temperature, int pos_offset, int pos_period, int self_offset, "
       "bool col_stats) -> (Tensor, Tensor, Tensor)");
   // The backward sweep over the same logits: with the coefficients
   //   c_ij = row_weight_i (exp(l_ij - row_lse_i) - [positive]) + col_weight_j (exp(l_ij - col_lse_j) - [positive])
   // (a term absent when its weight is absent; the positive pairs as above, and symmetric when
   // both terms are used), returns (grad_a, grad_b, dot_grad): grad_a = C b / temperature in a's
-  // dtype; grad_b = C^T a / temperature in b's dtype when need_grad_b (else empty), which needs a
-  // pairing that reads the same from b's side: pos_offset 0, or n = m = 2 pos_offset; and per row
+  // dtype; grad_b = C^T a / temperature in b's dtype when need_grad_b (else empty); and per row
   // dot_grad_i = sum_j c_ij (a_i . b_j), from which d loss / d temperature = -sum(dot_grad) /
   // temperature^2. lse and weights float32 (float64 for float64 inputs).
   m.def(
       "info_nce_grad(Tensor a, Tensor b, Tensor temperature, Tensor? row_lse, Tensor? row_weight, "
-      "Tensor? col_lse, Tensor? col_weight, int pos_offset, bool exclude_self, bool need_grad_b) "
+      "Tensor? col_lse, Tensor? col_weight, int pos_offset, int pos_period, int self_offset, bool need_grad_b) "
       "-> (Tensor, Tensor, Tensor)");
   // grad *= grad_output, in place; a no-op (decided on the device) when a 0-d grad_output is 1.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");

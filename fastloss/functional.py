@@ -303,7 +303,7 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.Tensor = 0.07, *,
                   symmetric: bool = False, normalize: bool = False, reduction: str = "mean",
-                  backend: str = "auto") -> torch.Tensor:
+                  backend: str = "auto", all_gather: bool = False, group=None) -> torch.Tensor:
     """InfoNCE (and CLIP's symmetric loss) tile by tile: memory O(B + M), never the B x M logits.
 
     The logits are ``query @ key.T / temperature``; row i's target is key i, and every other key
@@ -323,6 +323,14 @@ def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | t
         reduction: "mean" (over the B rows), "sum", or "none": (B,) per-row losses (for
             symmetric, each pair's average of its two directions).
         backend: "auto" | "cpu" | "cuda" | "triton" | "torch" (the materialised formula).
+        all_gather: in an initialised torch.distributed process group (``group``, default the
+            world) of more than one rank, compare this rank's rows with the keys (and, for
+            symmetric, the queries) of every rank: global negatives. The global batch is every
+            rank's query rows in rank order (ranks may hold different B), the keys every rank's
+            paired keys, then every rank's extra ones. Returns L_r such that the mean over the
+            ranks is the single-process loss on the global batch, and the DDP-averaged gradients
+            are its gradients (see fastloss.distributed); "none" gives this rank's rows. Outside
+            a group (or with one rank) the plain loss.
 
     Returns:
         The loss in the promoted dtype of query and key; gradients reach query, key and a
@@ -330,11 +338,12 @@ def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | t
     """
     return info_nce_ops.info_nce_loss(
         query, key, temperature, symmetric, normalize, reduction, backend,
-        lambda: reference.info_nce_loss(query, key, temperature, symmetric, normalize, reduction))
+        lambda: reference.info_nce_loss(query, key, temperature, symmetric, normalize, reduction), all_gather, group)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.Tensor = 0.5, *,
-                 reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+                 reduction: str = "mean", backend: str = "auto", all_gather: bool = False,
+                 group=None) -> torch.Tensor:
     """SimCLR's NT-Xent loss (Chen et al. 2020) on two views, tile by tile: memory O(B).
 
     The 2B embeddings ``cat([z1, z2])`` are L2-normalised; each one's positive is its other view
@@ -346,9 +355,12 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.
         temperature: a float > 0 or a 0-d floating tensor (may require grad).
         reduction: "mean" (over the 2B rows), "sum", or "none": (2B,), z1's rows first.
         backend: "auto" | "cpu" | "cuda" | "triton" | "torch" (the materialised formula).
+        all_gather: across the ranks of ``group`` (see :func:`info_nce_loss`): the global batch
+            is cat(every rank's z1, every rank's z2); "none" gives this rank's 2B rows, z1's first.
 
     Returns:
         The loss in the promoted dtype of z1 and z2.
     """
     return info_nce_ops.nt_xent_loss(z1, z2, temperature, reduction, backend,
-                                     lambda: reference.nt_xent_loss(z1, z2, temperature, reduction))
+                                     lambda: reference.nt_xent_loss(z1, z2, temperature, reduction), all_gather,
+                                     group)

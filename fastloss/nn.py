@@ -186,16 +186,18 @@ class InfoNCELoss(torch.nn.Module):
     precedence, receives its gradient."""
 
     def __init__(self, temperature: float | torch.Tensor = 0.07, *, symmetric: bool = False, normalize: bool = False,
-                 reduction: str = "mean", backend: str = "auto") -> None:
+                 reduction: str = "mean", backend: str = "auto", all_gather: bool = False, group=None) -> None:
         super().__init__()
         self.temperature = temperature
         self.symmetric, self.normalize, self.reduction, self.backend = symmetric, normalize, reduction, backend
+        self.all_gather, self.group = all_gather, group
 
     def forward(self, query: torch.Tensor, key: torch.Tensor,
                 temperature: float | torch.Tensor | None = None) -> torch.Tensor:
         return functional.info_nce_loss(query, key, self.temperature if temperature is None else temperature,
                                         symmetric=self.symmetric, normalize=self.normalize,
-                                        reduction=self.reduction, backend=self.backend)
+                                        reduction=self.reduction, backend=self.backend, all_gather=self.all_gather,
+                                        group=self.group)
 
     def extra_repr(self) -> str:
         t = self.temperature
@@ -208,12 +210,14 @@ class NTXentLoss(torch.nn.Module):
     """SimCLR's NT-Xent loss on two views: forward(z1, z2); see :func:`fastloss.nt_xent_loss`."""
 
     def __init__(self, temperature: float | torch.Tensor = 0.5, *, reduction: str = "mean",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", all_gather: bool = False, group=None) -> None:
         super().__init__()
         self.temperature, self.reduction, self.backend = temperature, reduction, backend
+        self.all_gather, self.group = all_gather, group
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return functional.nt_xent_loss(z1, z2, self.temperature, reduction=self.reduction, backend=self.backend)
+        return functional.nt_xent_loss(z1, z2, self.temperature, reduction=self.reduction, backend=self.backend,
+                                       all_gather=self.all_gather, group=self.group)
 
     def extra_repr(self) -> str:
         t = self.temperature

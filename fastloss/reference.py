@@ -247,3 +247,25 @@ def nt_xent_loss(z1, z2, temperature=0.5, reduction="mean"):
     logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))
     target = (torch.arange(n, device=z.device) + n // 2) % max(n, 1)
     return reduce(F.cross_entropy(logits, target, reduction="none"), reduction)
+
+
+def softmax_rows_against_set(rows, ref, temperature, pos_offset=0, pos_period=None, self_offset=None,
+                             normalize=False):
+    """Per row of `rows` (n, D): the cross-entropy of its logits against every row of `ref`
+    (m, D), rows @ ref.T / temperature, its target ref row (i + pos_offset) mod pos_period
+    (default: no wrap), the pair (i, i + self_offset) left out when self_offset is given. The
+    common form of InfoNCE and NT-Xent for rows that are a slice of a global batch."""
+    dtype = torch.promote_types(rows.dtype, ref.dtype)
+    rows, ref = rows.to(dtype), ref.to(dtype)
+    if normalize:
+        rows, ref = F.normalize(rows, dim=1), F.normalize(ref, dim=1)
+    logits = rows @ ref.T / temperature
+    index = torch.arange(rows.shape[0], device=rows.device)
+    if self_offset is not None:
+        dropped = torch.zeros_like(logits, dtype=torch.bool)
+        dropped[index, index + self_offset] = True
+        logits = logits.masked_fill(dropped, float("-inf"))
+    target = index + pos_offset
+    if pos_period is not None:
+        target = target % pos_period
+    return F.cross_entropy(logits, target, reduction="none")

@@ -67,19 +67,22 @@ def _dots(x_ptr, y_ptr, rows, cols, n_x, n_y, d, ACC: tl.constexpr, PRECISION: t
 
 
 @triton.jit
-def _kept(rows, cols, n_x, n_y, SELF: tl.constexpr):
-    """The pairs of the tile that take part: inside both sets, and not (i, i) when excluded."""
-    keep = (rows[:, None] < n_x) & (cols[None, :] < n_y)
+def _kept(own, other, n_own, n_other, self_offset, SELF: tl.constexpr, COLUMNS: tl.constexpr):
+    """The pairs of the [own, other] tile that take part: inside both sets, and not the dropped
+    pairs (a row i, b row i + self_offset) when SELF; own are a's rows, or b's when COLUMNS."""
+    keep = (own[:, None] < n_own) & (other[None, :] < n_other)
     if SELF:
-        keep = keep & (rows[:, None] != cols[None, :])
+        if COLUMNS:
+            keep = keep & (own[:, None] != other[None, :] + self_offset)
+        else:
+            keep = keep & (other[None, :] != own[:, None] + self_offset)
     return keep
 
 
 @triton.jit
-def _target(rows, offset, n):
-    """Each row's positive column (rows + offset) mod n, for offset already reduced mod n."""
-    t = rows.to(tl.int64) + offset
-    return tl.where(t >= n, t - n, t)
+def _target(rows, offset, period):
+    """Each row's positive column (rows + offset) mod period."""
+    return (rows.to(tl.int64) + offset) % period
 
 
 @triton.jit
@@ -97,7 +100,7 @@ def _pair_tile(a_ptr, b_ptr, own, other, n, m, d, COLUMNS: tl.constexpr, ACC: tl
 
 
 @triton.jit
-def _lse_kernel(a_ptr, b_ptr, t_ptr, lse_ptr, pos_ptr, n, m, d, offset, COLUMNS: tl.constexpr,
+def _lse_kernel(a_ptr, b_ptr, t_ptr, lse_ptr, pos_ptr, n, m, d, offset, period, self_offset, COLUMNS: tl.constexpr,
                 SELF: tl.constexpr, POS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_OWN: tl.constexpr, BLOCK_OTHER: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per row of a (COLUMNS: per row of b, over a's rows): the log-sum-exp of its logits and
@@ -113,10 +116,10 @@ def _lse_kernel(a_ptr, b_ptr, t_ptr, lse_ptr, pos_ptr, n, m, d, offset, COLUMNS:
     run_max = tl.full([BLOCK_OWN], -INF, ACC)
     run_sum = tl.zeros([BLOCK_OWN], dtype=ACC)
     pos = tl.full([BLOCK_OWN], float("nan"), ACC)
-    target = _target(own, offset, n)
+    target = _target(own, offset, period)
     for j0 in range(0, n_other, BLOCK_OTHER):
         other = j0 + tl.arange(0, BLOCK_OTHER)
-        keep = _kept(own, other, n_own, n_other, SELF)
+        keep = _kept(own, other, n_own, n_other, self_offset, SELF, COLUMNS)
         logit = tl.where(keep, _pair_tile(a_ptr, b_ptr, own, other, n, m, d, COLUMNS, ACC, PRECISION, BLOCK_OWN,
                                           BLOCK_OTHER, BLOCK_K) * scale, -INF)
         # info_nce.h's merge of the tile: NaN is never the max; shift_of(-inf) = 0
@@ -138,13 +141,14 @@ def _lse_kernel(a_ptr, b_ptr, t_ptr, lse_ptr, pos_ptr, n, m, d, offset, COLUMNS:
     if POS:
         valid = target < n_other
         if SELF:
-            valid = valid & (target != own)  # the positive is a dropped pair: none
+            valid = valid & (target != own + self_offset)  # the positive is a dropped pair: none
         tl.store(pos_ptr + own, tl.where(valid, pos, float("nan")), mask=inside)
 
 
 @triton.jit
 def _grad_kernel(a_ptr, b_ptr, t_ptr, row_lse_ptr, row_w_ptr, col_lse_ptr, col_w_ptr, grad_ptr, dot_grad_ptr,
-                 n, m, d, offset, SELF: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, ACC: tl.constexpr,
+                 n, m, d, offset, period, self_offset, SELF: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr,
+                 ACC: tl.constexpr,
                  LOGIT_PRECISION: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """grad_a[rows, chunk] = scale * C b[:, chunk] and (the first chunk) dot_grad = sum_j c_ij a_i . b_j.
@@ -152,7 +156,7 @@ def _grad_kernel(a_ptr, b_ptr, t_ptr, row_lse_ptr, row_w_ptr, col_lse_ptr, col_w
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     kd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     scale = _scale(t_ptr, ACC)
-    target = _target(rows, offset, n)
+    target = _target(rows, offset, period)
     if ROW:
         row_lse = tl.load(row_lse_ptr + rows, mask=rows < n, other=0.0)
         row_w = tl.load(row_w_ptr + rows, mask=rows < n, other=0.0)
@@ -160,7 +164,7 @@ def _grad_kernel(a_ptr, b_ptr, t_ptr, row_lse_ptr, row_w_ptr, col_lse_ptr, col_w
     dot_grad = tl.zeros([BLOCK_M], dtype=ACC)
     for j0 in range(0, m, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        keep = _kept(rows, cols, n, m, SELF)
+        keep = _kept(rows, cols, n, m, self_offset, SELF, False)
         dots = _pair_tile(a_ptr, b_ptr, rows, cols, n, m, d, False, ACC, LOGIT_PRECISION, BLOCK_M, BLOCK_N,
                           BLOCK_K)
         logit = dots * scale
@@ -187,7 +191,7 @@ def _grad_kernel(a_ptr, b_ptr, t_ptr, row_lse_ptr, row_w_ptr, col_lse_ptr, col_w
 
 @triton.jit
 def _grad_b_kernel(a_ptr, b_ptr, t_ptr, row_lse_ptr, row_w_ptr, col_lse_ptr, col_w_ptr, grad_ptr, n, m, d, offset,
-                   SELF: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, ACC: tl.constexpr,
+                   period, self_offset, SELF: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, ACC: tl.constexpr,
                    LOGIT_PRECISION: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """grad_b[cols, chunk] = scale * C^T a[:, chunk]: one program per block of b's rows (the
@@ -202,10 +206,10 @@ def _grad_b_kernel(a_ptr, b_ptr, t_ptr, row_lse_ptr, row_w_ptr, col_lse_ptr, col
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
     for i0 in range(0, n, BLOCK_M):
         rows = i0 + tl.arange(0, BLOCK_M)
-        keep = _kept(rows, cols, n, m, SELF)
+        keep = _kept(rows, cols, n, m, self_offset, SELF, False)
         logit = _pair_tile(a_ptr, b_ptr, rows, cols, n, m, d, False, ACC, LOGIT_PRECISION, BLOCK_M, BLOCK_N,
                            BLOCK_K) * scale
-        hit = tl.where(_target(rows, offset, n)[:, None] == cols[None, :], 1.0, 0.0)
+        hit = tl.where(_target(rows, offset, period)[:, None] == cols[None, :], 1.0, 0.0)
         coef = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
         if ROW:
             row_lse = tl.load(row_lse_ptr + rows, mask=rows < n, other=0.0)
@@ -227,20 +231,21 @@ def _logit_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype in (torch.float16, torch.bfloat16) else _precision(dtype)
 
 
-def _lse_sweep(a, b, temperature, lse, pos, offset, exclude_self, columns, acc_tl):
+def _lse_sweep(a, b, temperature, lse, pos, offset, period, self_offset, columns, acc_tl):
     n, d = a.shape
     m = b.shape[0]
     own, block_own, block_other = (m, BLOCK_N, BLOCK_M) if columns else (n, BLOCK_M, BLOCK_N)
     if own == 0:
         return
     _lse_kernel[(triton.cdiv(own, block_own),)](
-        a, b, temperature, lse, lse if pos is None else pos, n, m, d, offset, COLUMNS=columns, SELF=exclude_self,
+        a, b, temperature, lse, lse if pos is None else pos, n, m, d, offset, period, max(self_offset, 0),
+        COLUMNS=columns, SELF=self_offset >= 0,
         POS=pos is not None, ACC=acc_tl, PRECISION=_logit_precision(a.dtype), BLOCK_OWN=block_own,
         BLOCK_OTHER=block_other, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
 
 
-def info_nce_stats(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, pos_offset: int,
-                   exclude_self: bool, col_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def info_nce_stats(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, pos_offset: int, pos_period: int,
+                   self_offset: int, col_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lse, pos_logit, col_lse) of the logits (a b^T) / temperature: per row of a its
     log-sum-exp and its positive's logit (NaN where it has none); per row of b (col_stats) its
     log-sum-exp over a's rows, else empty."""
@@ -251,15 +256,15 @@ def info_nce_stats(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, 
     pos = torch.empty(n, dtype=acc_torch, device=a.device)
     col_lse = torch.empty(m if col_stats else 0, dtype=acc_torch, device=a.device)
     with _device_scope(a):
-        _lse_sweep(a, b, temperature, lse, pos, pos_offset % n if n > 0 else 0, exclude_self, False, acc_tl)
+        _lse_sweep(a, b, temperature, lse, pos, pos_offset % pos_period, pos_period, self_offset, False, acc_tl)
         if col_stats:  # the column sweep: per row of b over the same tiles (no positive needed)
-            _lse_sweep(a, b, temperature, col_lse, None, 0, exclude_self, True, acc_tl)
+            _lse_sweep(a, b, temperature, col_lse, None, 0, pos_period, self_offset, True, acc_tl)
     return lse, pos, col_lse
 
 
 def info_nce_grad(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, row_lse: torch.Tensor | None,
                   row_weight: torch.Tensor | None, col_lse: torch.Tensor | None, col_weight: torch.Tensor | None,
-                  pos_offset: int, exclude_self: bool,
+                  pos_offset: int, pos_period: int, self_offset: int,
                   need_grad_b: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_a, grad_b, dot_grad): grad_a = C b / temperature in a's dtype, grad_b = C^T a /
     temperature in b's dtype when need_grad_b (else empty), and dot_grad_i = sum_j c_ij (a_i . b_j),
@@ -277,14 +282,16 @@ def info_nce_grad(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, r
     block_d = min(MAX_BLOCK_D, max(16, triton.next_power_of_2(max(d, 1))))
     stats = (row_lse if row else dot_grad, row_weight if row else dot_grad, col_lse if col else dot_grad,
              col_weight if col else dot_grad)
-    common = dict(SELF=exclude_self, ROW=row, COL=col, ACC=acc_tl, LOGIT_PRECISION=_logit_precision(a.dtype),
+    common = dict(SELF=self_offset >= 0, ROW=row, COL=col, ACC=acc_tl, LOGIT_PRECISION=_logit_precision(a.dtype),
                   PRECISION=_precision(a.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
                   num_warps=NUM_WARPS)
     d_chunks = max(1, triton.cdiv(d, block_d))
     with _device_scope(a):
         _grad_kernel[(triton.cdiv(n, BLOCK_M), d_chunks)](
-            a, b, temperature, *stats, grad, dot_grad, n, m, d, pos_offset % n, **common)
+            a, b, temperature, *stats, grad, dot_grad, n, m, d, pos_offset % pos_period, pos_period,
+            max(self_offset, 0), **common)
         if need_grad_b and m > 0:
             _grad_b_kernel[(triton.cdiv(m, BLOCK_N), d_chunks)](
-                a, b, temperature, *stats, grad_b, n, m, d, pos_offset % n, **common)
+                a, b, temperature, *stats, grad_b, n, m, d, pos_offset % pos_period, pos_period,
+                max(self_offset, 0), **common)
     return grad, grad_b, dot_grad

@@ -329,20 +329,24 @@ def test_opcheck(backend_device, case):
     t = torch.tensor(0.3, device=device)
     if case == "nt_xent":  # one batch of 10 against itself, row i's positive i + 5 (mod 10)
         a = torch.randn(10, 7, device=device)
-        b, offset, exclude, cols = a, 5, True, False
+        b, offset, period, self_offset, cols = a, 5, 10, 0, False
     else:
         a = torch.randn(11, 7, device=device)
-        b, offset, exclude, cols = torch.randn(11 if case == "clip" else 16, 7, device=device), 0, False, case == "clip"
-    opcheck(stats, (a, b, t, offset, exclude, cols))
-    lse, _, col_lse = stats(a, b, t, offset, exclude, cols)
+        b = torch.randn(11 if case == "clip" else 16, 7, device=device)
+        offset, period, self_offset, cols = 0, 11, -1, case == "clip"
+    opcheck(stats, (a, b, t, offset, period, self_offset, cols))
+    lse, _, col_lse = stats(a, b, t, offset, period, self_offset, cols)
     w = torch.rand(a.shape[0], device=device)
     if case == "info_nce":
-        opcheck(grad, (a, b, t, lse, w, None, None, 0, False, True))
-        opcheck(grad, (b, a, t, None, None, lse, w, 0, False, False))
+        opcheck(grad, (a, b, t, lse, w, None, None, 0, period, -1, True))
+        opcheck(grad, (b, a, t, None, None, lse, w, 0, 16, -1, False))
+        # rows 3.. of a global set: positives and dropped pairs at an offset (the distributed case)
+        opcheck(stats, (a, b, t, 5, 16, 3, False))
+        opcheck(grad, (a, b, t, lse, w, None, None, 5, 16, 3, True))
     elif case == "clip":
-        opcheck(grad, (a, b, t, lse, w, col_lse, w, 0, False, True))
+        opcheck(grad, (a, b, t, lse, w, col_lse, w, 0, period, -1, True))
     else:
-        opcheck(grad, (a, b, t, lse, w, lse, w, offset, True, False))
+        opcheck(grad, (a, b, t, lse, w, lse, w, offset, period, self_offset, False))
 
 
 # ---- memory ----
@@ -446,6 +450,8 @@ def test_bad_input():
         fastloss.info_nce_loss(q, k.to("meta"))
     with pytest.raises(RuntimeError, match=r"temperature must be on the embeddings' device \(cpu\), got meta"):
         fastloss.info_nce_loss(q, k, torch.tensor(0.1, device="meta"))
-    with pytest.raises(RuntimeError, match=r"need_grad_b takes pos_offset 0"):
-        torch.ops.fastloss.info_nce_grad(q, k, torch.tensor(0.1), torch.zeros(6), torch.ones(6), None, None, 1,
-                                         False, True)
+    with pytest.raises(RuntimeError, match=r"pos_period must be >= 1, got 0"):
+        torch.ops.fastloss.info_nce_grad(q, k, torch.tensor(0.1), torch.zeros(6), torch.ones(6), None, None, 1, 0,
+                                         -1, True)
+    with pytest.raises(RuntimeError, match=r"self_offset must be >= 0, or -1 for none, got -2"):
+        torch.ops.fastloss.info_nce_stats(q, k, torch.tensor(0.1), 0, 6, -2, False)

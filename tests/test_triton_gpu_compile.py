@@ -136,7 +136,8 @@ def _info_nce_stats(exclude_self, col_stats):
     def call(k, dtype):
         a = _rand(40, 200, dtype=dtype)
         b = a if exclude_self else _rand(40, 200, dtype=dtype)
-        k["info_nce"].info_nce_stats(a, b, _temperature(), 20 if exclude_self else 0, exclude_self, col_stats)
+        k["info_nce"].info_nce_stats(a, b, _temperature(), 20 if exclude_self else 0, 40, 0 if exclude_self else -1,
+                                     col_stats)
     return call
 
 
@@ -147,8 +148,8 @@ def _info_nce_grad(row, col, exclude_self, need_grad_b):
         a = _rand(40, 200, dtype=dtype)
         b = a if exclude_self else _rand(40, 200, dtype=dtype)
         stats = [_rand(40, dtype=acc) if on else None for on in (row, row, col, col)]
-        k["info_nce"].info_nce_grad(a, b, _temperature(), *stats, 20 if exclude_self else 0, exclude_self,
-                                    need_grad_b)
+        k["info_nce"].info_nce_grad(a, b, _temperature(), *stats, 20 if exclude_self else 0, 40,
+                                    0 if exclude_self else -1, need_grad_b)
     return call
 
 

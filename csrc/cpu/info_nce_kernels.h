@@ -15,9 +15,9 @@ struct RowColumns {
 };
 inline RowColumns row_columns(const InfoNceTileArgs& a, int64_t i) {
   const int64_t r = a.row0 + i;
-  const int64_t p = (r + a.pos_offset) % a.period - a.col0;
-  const int64_t s = r - a.col0;
-  return {p >= 0 && p < a.cols ? p : -1, a.exclude_self && s >= 0 && s < a.cols ? s : -1};
+  const int64_t p = (r + a.pos_offset) % a.pos_period - a.col0;
+  const int64_t s = r + a.self_offset - a.col0;
+  return {p >= 0 && p < a.cols ? p : -1, a.self_offset >= 0 && s >= 0 && s < a.cols ? s : -1};
 }
 
 template <typename T, bool kColumns>
@@ -30,7 +30,7 @@ void stats_tile(const InfoNceTileArgs& a) {
   for (int64_t i = 0; i < a.rows; ++i) {
     const T* row = dots + i * a.cols;
     const RowColumns rc = row_columns(a, i);
-    if (rc.positive >= 0) pos_logit[i] = row[rc.positive] * scale;
+    if (rc.positive >= 0 && rc.positive != rc.self) pos_logit[i] = row[rc.positive] * scale;
     T lane_max[kLanes];
     for (int k = 0; k < kLanes; ++k) lane_max[k] = neg_inf;
     for_each_block(a.cols, [&](int64_t j, auto n) {
@@ -61,10 +61,10 @@ void stats_tile(const InfoNceTileArgs& a) {
     T* col_max = static_cast<T*>(a.col_max);
     T* col_sum = static_cast<T*>(a.col_sum);
     std::vector<T> top(size_t(a.cols), neg_inf);
-    const int64_t self_col0 = a.row0 - a.col0;  // row i's self column is i + self_col0
+    const int64_t self_col0 = a.row0 + a.self_offset - a.col0;  // row i's self column is i + self_col0
     for (int64_t i = 0; i < a.rows; ++i) {
       const T* row = dots + i * a.cols;
-      const int64_t self = a.exclude_self ? i + self_col0 : -1;
+      const int64_t self = a.self_offset >= 0 ? i + self_col0 : -1;
       for (int64_t c = 0; c < a.cols; ++c) {
         const T l = select(c != self, row[c] * scale, neg_inf);
         top[size_t(c)] = select(l > top[size_t(c)], l, top[size_t(c)]);
@@ -78,7 +78,7 @@ void stats_tile(const InfoNceTileArgs& a) {
     }
     for (int64_t i = 0; i < a.rows; ++i) {
       const T* row = dots + i * a.cols;
-      const int64_t self = a.exclude_self ? i + self_col0 : -1;
+      const int64_t self = a.self_offset >= 0 ? i + self_col0 : -1;
       for (int64_t c = 0; c < a.cols; ++c) {
         const T e = info_nce::exp_below(row[c] * scale, top[size_t(c)]);
         col_sum[c] += select(c != self, e, T(0));

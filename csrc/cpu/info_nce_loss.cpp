@@ -40,8 +40,8 @@ T inverse_temperature(const at::Tensor& temperature) {
 }
 
 template <typename T>
-InfoNceTileArgs tile_base(const T* dots, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T scale, int64_t n,
-                          int64_t pos_offset, bool exclude_self) {
+InfoNceTileArgs tile_base(const T* dots, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T scale,
+                          int64_t pos_offset, int64_t pos_period, int64_t self_offset) {
   InfoNceTileArgs t{};
   t.dots = dots;
   t.rows = rows;
@@ -50,8 +50,8 @@ InfoNceTileArgs tile_base(const T* dots, int64_t i0, int64_t rows, int64_t j0, i
   t.row0 = i0;
   t.col0 = j0;
   t.pos_offset = pos_offset;
-  t.period = n;
-  t.exclude_self = exclude_self;
+  t.pos_period = pos_period;
+  t.self_offset = self_offset;
   return t;
 }
 
@@ -75,7 +75,8 @@ void sweep_blocks(const at::Tensor& a, const at::Tensor& b, int64_t b0, int64_t 
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& a, const at::Tensor& b, T scale,
-                                                     int64_t pos_offset, bool exclude_self, bool col_stats) {
+                                                     int64_t pos_offset, int64_t pos_period, int64_t self_offset,
+                                                     bool col_stats) {
   const int64_t n = a.size(0), m = b.size(0);
   const T inf = std::numeric_limits<T>::infinity();
   const auto opts = a.options();
@@ -98,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& a, const 
     for (int64_t s = s0; s < s1; ++s) {
       sweep_blocks<T>(a, b, s * blocks / stripes, (s + 1) * blocks / stripes, dots,
                       [&](const T* d, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-                        InfoNceTileArgs t = tile_base<T>(d, i0, rows, j0, cols, scale, n, pos_offset, exclude_self);
+                        InfoNceTileArgs t = tile_base<T>(d, i0, rows, j0, cols, scale, pos_offset, pos_period, self_offset);
                         t.row_max = rmax + i0;
                         t.row_sum = rsum + i0;
                         t.pos_logit = pl + i0;
@@ -137,7 +138,8 @@ template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grad(const at::Tensor& a, const at::Tensor& b, T scale,
                                                     const at::Tensor& row_lse, const at::Tensor& row_weight,
                                                     const at::Tensor& col_lse, const at::Tensor& col_weight,
-                                                    int64_t pos_offset, bool exclude_self, bool need_grad_b) {
+                                                    int64_t pos_offset, int64_t pos_period, int64_t self_offset,
+                                                    bool need_grad_b) {
   const int64_t n = a.size(0), m = b.size(0), d = a.size(1);
   const bool row_term = row_lse.defined(), col_term = col_lse.defined();
   const auto opts = a.options();
@@ -164,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad(const at::Tensor& a, const a
         const at::Tensor bj = b.narrow(0, j0, cols);
         at::Tensor dots_view = at::from_blob(dots.data(), {rows, cols}, opts);
         at::mm_out(dots_view, ai, bj.t());
-        InfoNceTileArgs t = tile_base<T>(dots.data(), i0, rows, j0, cols, scale, n, pos_offset, exclude_self);
+        InfoNceTileArgs t = tile_base<T>(dots.data(), i0, rows, j0, cols, scale, pos_offset, pos_period, self_offset);
         t.coef = coef.data();
         if (row_term) {
           t.row_lse = row_lse.data_ptr<T>() + i0;
@@ -201,13 +203,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad(const at::Tensor& a, const a
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_stats_cpu(const at::Tensor& a, const at::Tensor& b,
                                                                   const at::Tensor& temperature, int64_t pos_offset,
-                                                                  bool exclude_self, bool col_stats) {
-  check_info_nce_args(a, b, temperature, pos_offset);
+                                                                  int64_t pos_period, int64_t self_offset,
+                                                                  bool col_stats) {
+  check_info_nce_args(a, b, temperature, pos_offset, pos_period, self_offset);
   const at::Tensor at_ = tile_rows(a), bt = tile_rows(b);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(at_.scalar_type(), "info_nce_stats_cpu", [&] {
-    result = stats<scalar_t>(at_, bt, inverse_temperature<scalar_t>(temperature), pos_offset, exclude_self,
-                             col_stats);
+    result = stats<scalar_t>(at_, bt, inverse_temperature<scalar_t>(temperature), pos_offset, pos_period,
+                             self_offset, col_stats);
   });
   return result;
 }
@@ -215,14 +218,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_stats_cpu(const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_grad_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature, const std::optional<at::Tensor>& row_lse,
     const std::optional<at::Tensor>& row_weight, const std::optional<at::Tensor>& col_lse,
-    const std::optional<at::Tensor>& col_weight, int64_t pos_offset, bool exclude_self, bool need_grad_b) {
-  check_info_nce_grad_args(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset, need_grad_b);
+    const std::optional<at::Tensor>& col_weight, int64_t pos_offset, int64_t pos_period, int64_t self_offset,
+    bool need_grad_b) {
+  check_info_nce_grad_args(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset, pos_period,
+                           self_offset);
   const at::Tensor at_ = tile_rows(a), bt = tile_rows(b);
   auto get = [](const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); };
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(at_.scalar_type(), "info_nce_grad_cpu", [&] {
     result = grad<scalar_t>(at_, bt, inverse_temperature<scalar_t>(temperature), get(row_lse), get(row_weight),
-                            get(col_lse), get(col_weight), pos_offset, exclude_self, need_grad_b);
+                            get(col_lse), get(col_weight), pos_offset, pos_period, self_offset, need_grad_b);
   });
   const at::Tensor& grad_b = std::get<1>(result);
   return {std::get<0>(result).to(a.scalar_type()), need_grad_b ? grad_b.to(b.scalar_type()) : grad_b,

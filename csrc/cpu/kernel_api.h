@@ -99,9 +99,9 @@ struct InfoNceTileArgs {
   int64_t rows, cols;
   double scale;          // 1 / temperature
   int64_t row0, col0;    // the tile's first row and column in the whole matrix
-  int64_t pos_offset;    // row r's positive: column (r + pos_offset) % period
-  int64_t period;        // (the number of rows of a)
-  bool exclude_self;     // the pairs r == c are dropped
+  int64_t pos_offset;    // row r's positive: column (r + pos_offset) % pos_period
+  int64_t pos_period;
+  int64_t self_offset;   // the pairs (r, r + self_offset) are dropped; -1: none
   // Statistics sweep, per row (rows values, updated): the online log-sum-exp state (max, sum
   // of exp(l - max)), and the positive's logit (written when it lies in this tile). Per column
   // (cols values, updated, or null): the same state over this worker's rows.

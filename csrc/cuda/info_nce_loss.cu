@@ -65,27 +65,27 @@ __device__ __forceinline__ T block_max_all(T v) {
   return v;
 }
 
-// The positive's column of global row gi: (gi + shift) mod n with shift = pos_offset mod n (so
-// no overflow), or -1 when that column is not < m.
-__device__ __forceinline__ int64_t positive_col(int64_t gi, int64_t shift, int64_t n, int64_t m) {
-  int64_t p = gi + shift;
-  p = p >= n ? p - n : p;
+// The positive's column of global row gi: (gi + shift) mod period with shift = pos_offset mod
+// period (so no overflow), or -1 when that column is not < m.
+__device__ __forceinline__ int64_t positive_col(int64_t gi, int64_t shift, int64_t period, int64_t m) {
+  const int64_t p = (gi + shift) % period;
   return p < m ? p : -1;
 }
 
 // One block per tile row: the tile's (max, sum exp(l - max)) over its kept logits, merged into
 // the row's state (row_m, row_s: offset to the tile's first row). pos_logit (offset too, or
 // null for the column sweep) gets the positive's logit when this tile holds it. Self pairs
-// (global row == global column) are skipped when exclude_self.
+// (global column == global row + self_offset) are skipped when self_offset >= 0.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 lse_epilogue(const T* __restrict__ dots, int64_t cols, int64_t i0, int64_t j0, const T* __restrict__ scale,
-             bool exclude_self, int64_t shift, int64_t n, int64_t m, T* __restrict__ row_m, T* __restrict__ row_s,
+             int64_t self_offset, int64_t shift, int64_t period, int64_t m, T* __restrict__ row_m, T* __restrict__ row_s,
              T* __restrict__ pos_logit) {
   const int64_t i = blockIdx.x;
   const T sc = *scale;
   const T* row = dots + i * cols;
-  const int64_t self_col = exclude_self ? i0 + i - j0 : -1;  // local column; out of range when not in the tile
+  // the local column of the self pair; out of range when not in the tile
+  const int64_t self_col = self_offset >= 0 ? i0 + i + self_offset - j0 : -1;
   T top = -std::numeric_limits<T>::infinity();
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     const T l = row[c] * sc;
@@ -104,10 +104,10 @@ lse_epilogue(const T* __restrict__ dots, int64_t cols, int64_t i0, int64_t j0, c
     row_m[i] = state_m;
     row_s[i] = state_s;
     if (pos_logit) {
-      const int64_t p = positive_col(i0 + i, shift, n, m);
+      const int64_t p = positive_col(i0 + i, shift, period, m);
       const int64_t pc = p - j0;
-      // written even where it is an excluded self pair (the contract names only p(i) >= m as NaN)
-      if (p >= 0 && pc >= 0 && pc < cols) pos_logit[i] = row[pc] * sc;
+      // left NaN where it is a dropped pair (as where it has none)
+      if (p >= 0 && pc >= 0 && pc < cols && pc != self_col) pos_logit[i] = row[pc] * sc;
     }
   }
 }
@@ -120,11 +120,12 @@ lse_epilogue(const T* __restrict__ dots, int64_t cols, int64_t i0, int64_t j0, c
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 col_lse_epilogue(const T* __restrict__ dots, int64_t rows, int64_t cols, int64_t i0, int64_t j0,
-                 const T* __restrict__ scale, bool exclude_self, T* __restrict__ col_m, T* __restrict__ col_s) {
+                 const T* __restrict__ scale, int64_t self_offset, T* __restrict__ col_m, T* __restrict__ col_s) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   const T sc = *scale;
-  const int64_t self_row = exclude_self ? j0 + c - i0 : -1;  // local row of the self pair, if in the tile
+  // the local row whose self pair this column is (out of range when not in the tile)
+  const int64_t self_row = self_offset >= 0 ? j0 + c - self_offset - i0 : -1;
   T top = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < rows; ++i) {
     const T l = dots[i * cols + c] * sc;
@@ -155,15 +156,15 @@ lse_finish(const T* __restrict__ state_m, const T* __restrict__ state_s, int64_t
 // then written by the same thread, so `tile` is not __restrict__ against anything it aliases.
 template <typename T, bool kRow, bool kCol>
 __global__ void __launch_bounds__(kThreads)
-coefficient_epilogue(T* tile, int64_t cols, int64_t i0, int64_t j0, const T* __restrict__ scale, bool exclude_self,
-                     int64_t shift, int64_t n, int64_t m, const T* __restrict__ row_lse,
+coefficient_epilogue(T* tile, int64_t cols, int64_t i0, int64_t j0, const T* __restrict__ scale,
+                     int64_t self_offset, int64_t shift, int64_t period, int64_t m, const T* __restrict__ row_lse,
                      const T* __restrict__ row_weight, const T* __restrict__ col_lse,
                      const T* __restrict__ col_weight, T* __restrict__ dot_grad) {
   const int64_t i = blockIdx.x;
   const T sc = *scale;
   T* row = tile + i * cols;
-  const int64_t self_col = exclude_self ? i0 + i - j0 : -1;
-  const int64_t p = positive_col(i0 + i, shift, n, m);
+  const int64_t self_col = self_offset >= 0 ? i0 + i + self_offset - j0 : -1;
+  const int64_t p = positive_col(i0 + i, shift, period, m);
   const int64_t pos_col = p >= 0 ? p - j0 : -1;  // may be outside [0, cols): then no column matches
   const T rl = kRow ? row_lse[i] : T(0), rw = kRow ? row_weight[i] : T(0);
   T acc = T(0);
@@ -200,10 +201,10 @@ void for_each_tile(const at::Tensor& x, const at::Tensor& y, const Body& body) {
 
 // The log-sum-exp of every row of x's logits against y (x (n, D), y (m, D) in T), with
 // pos_logit each row's positive logit (NaN where it has none), and with col_lse (defined: m
-// values) every column's over the rows, from the same tiles. shift = pos_offset mod x.size(0).
+// values) every column's over the rows, from the same tiles. shift = pos_offset mod period.
 template <typename T>
-at::Tensor lse_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor& scale, bool exclude_self,
-                     int64_t shift, at::Tensor* pos_logit, at::Tensor* col_lse, cudaStream_t stream) {
+at::Tensor lse_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor& scale, int64_t self_offset,
+                     int64_t shift, int64_t period, at::Tensor* pos_logit, at::Tensor* col_lse, cudaStream_t stream) {
   const int64_t n = x.size(0), m = y.size(0);
   const double inf = std::numeric_limits<double>::infinity();
   at::Tensor state_m = at::full({n}, -inf, x.options()), state_s = at::zeros({n}, x.options());
@@ -215,12 +216,12 @@ at::Tensor lse_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor&
   if (pos_logit) *pos_logit = at::full({n}, std::numeric_limits<double>::quiet_NaN(), x.options());
   for_each_tile(x, y, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
     lse_epilogue<T><<<unsigned(rows), kThreads, 0, stream>>>(
-        dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), exclude_self, shift, n, m,
+        dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), self_offset, shift, period, m,
         state_m.data_ptr<T>() + i0, state_s.data_ptr<T>() + i0, pos_logit ? pos_logit->data_ptr<T>() + i0 : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (col_lse) {
       col_lse_epilogue<T><<<unsigned((cols + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-          dots.data_ptr<T>(), rows, cols, i0, j0, scale.data_ptr<T>(), exclude_self, col_m.data_ptr<T>() + j0,
+          dots.data_ptr<T>(), rows, cols, i0, j0, scale.data_ptr<T>(), self_offset, col_m.data_ptr<T>() + j0,
           col_s.data_ptr<T>() + j0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -240,12 +241,13 @@ at::Tensor lse_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor&
 
 template <typename T, bool kRow, bool kCol>
 void grad_sweep(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale, const T* row_lse,
-                const T* row_weight, const T* col_lse, const T* col_weight, bool exclude_self, int64_t shift,
+                const T* row_weight, const T* col_lse, const T* col_weight, int64_t self_offset, int64_t shift,
+                int64_t period,
                 at::Tensor& acc, at::Tensor& dot_grad, at::Tensor& acc_b, cudaStream_t stream) {
   const int64_t n = a.size(0), m = b.size(0);
   for_each_tile(a, b, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
     coefficient_epilogue<T, kRow, kCol><<<unsigned(rows), kThreads, 0, stream>>>(
-        dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), exclude_self, shift, n, m,
+        dots.data_ptr<T>(), cols, i0, j0, scale.data_ptr<T>(), self_offset, shift, period, m,
         kRow ? row_lse + i0 : nullptr, kRow ? row_weight + i0 : nullptr, kCol ? col_lse + j0 : nullptr,
         kCol ? col_weight + j0 : nullptr, dot_grad.data_ptr<T>() + i0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -264,27 +266,29 @@ struct Prepared {
   int64_t shift;
 };
 
-Prepared prepare(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature, int64_t pos_offset) {
+Prepared prepare(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature, int64_t pos_offset,
+                 int64_t pos_period) {
   Prepared p;
   p.acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   p.a = a.detach().to(p.acc).contiguous();
   p.b = b.is_same(a) ? p.a : b.detach().to(p.acc).contiguous();
   p.scale = temperature.detach().to(p.acc).reciprocal();
-  p.shift = a.size(0) > 0 ? pos_offset % a.size(0) : 0;
+  p.shift = pos_offset % pos_period;
   return p;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_stats_cuda(const at::Tensor& a, const at::Tensor& b,
                                                                     const at::Tensor& temperature, int64_t pos_offset,
-                                                                    bool exclude_self, bool col_stats) {
-  check_info_nce_args(a, b, temperature, pos_offset);
+                                                                    int64_t pos_period, int64_t self_offset,
+                                                                    bool col_stats) {
+  check_info_nce_args(a, b, temperature, pos_offset, pos_period, self_offset);
   const c10::cuda::CUDAGuard guard(a.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.device().index());
-  const Prepared p = prepare(a, b, temperature, pos_offset);
+  const Prepared p = prepare(a, b, temperature, pos_offset, pos_period);
   auto run = [&](auto zero) {  // zero: a value of the tiles' type
     using T = decltype(zero);
     at::Tensor pos_logit, col_lse = at::empty({0}, p.a.options());
-    at::Tensor lse = lse_sweep<T>(p.a, p.b, p.scale, exclude_self, p.shift, &pos_logit,
+    at::Tensor lse = lse_sweep<T>(p.a, p.b, p.scale, self_offset, p.shift, pos_period, &pos_logit,
                                   col_stats ? &col_lse : nullptr, stream);
     return std::tuple<at::Tensor, at::Tensor, at::Tensor>{lse, pos_logit, col_lse};
   };
@@ -294,12 +298,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_stats_cuda(const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_grad_cuda(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature, const std::optional<at::Tensor>& row_lse,
     const std::optional<at::Tensor>& row_weight, const std::optional<at::Tensor>& col_lse,
-    const std::optional<at::Tensor>& col_weight, int64_t pos_offset, bool exclude_self, bool need_grad_b) {
-  check_info_nce_grad_args(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset, need_grad_b);
+    const std::optional<at::Tensor>& col_weight, int64_t pos_offset, int64_t pos_period, int64_t self_offset,
+    bool need_grad_b) {
+  check_info_nce_grad_args(a, b, temperature, row_lse, row_weight, col_lse, col_weight, pos_offset, pos_period,
+                           self_offset);
   const c10::cuda::CUDAGuard guard(a.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.device().index());
   const bool has_row = row_lse.has_value(), has_col = col_lse.has_value();
-  const Prepared p = prepare(a, b, temperature, pos_offset);
+  const Prepared p = prepare(a, b, temperature, pos_offset, pos_period);
   at::Tensor dot_grad = at::zeros({a.size(0)}, p.a.options());
   at::Tensor empty_b = at::empty({0}, b.options());
   if (!has_row && !has_col) {  // every coefficient is 0
@@ -314,14 +320,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_grad_cuda(
     const T* cl = has_col ? col_lse->data_ptr<T>() : nullptr;
     const T* cw = has_col ? col_weight->data_ptr<T>() : nullptr;
     if (has_row && has_col) {
-      grad_sweep<T, true, true>(p.a, p.b, p.scale, rl, rw, cl, cw, exclude_self, p.shift, acc, dot_grad, acc_b,
-                                stream);
+      grad_sweep<T, true, true>(p.a, p.b, p.scale, rl, rw, cl, cw, self_offset, p.shift, pos_period,
+                                acc, dot_grad, acc_b, stream);
     } else if (has_row) {
-      grad_sweep<T, true, false>(p.a, p.b, p.scale, rl, rw, cl, cw, exclude_self, p.shift, acc, dot_grad, acc_b,
-                                 stream);
+      grad_sweep<T, true, false>(p.a, p.b, p.scale, rl, rw, cl, cw, self_offset, p.shift, pos_period,
+                                 acc, dot_grad, acc_b, stream);
     } else {
-      grad_sweep<T, false, true>(p.a, p.b, p.scale, rl, rw, cl, cw, exclude_self, p.shift, acc, dot_grad, acc_b,
-                                 stream);
+      grad_sweep<T, false, true>(p.a, p.b, p.scale, rl, rw, cl, cw, self_offset, p.shift, pos_period,
+                                 acc, dot_grad, acc_b, stream);
     }
   };
   if (p.acc == at::kDouble) run(0.0); else run(0.0f);
