@@ -36,6 +36,7 @@ def _worker(rank, world, port, job, args, queue):
         result = io.BytesIO()
         torch.save(job(rank, world, *args), result)  # bytes: tensors in shared memory die with the process
         queue.put((rank, result.getvalue()))
+        dist.barrier()  # every rank done before any tears its connections down (gloo aborts otherwise)
         dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 (reported to the parent, which fails the test)
         queue.put((rank, RuntimeError(traceback.format_exc())))

@@ -56,3 +56,23 @@ def test_clip_pairs_learns_agrees_with_the_materialised_loss_and_takes_a_large_b
     gap = float(re.search(r"curves agree to ([0-9.e+-]+)", out).group(1))
     assert gap < 1e-5, out
     assert "one step on a batch of 8192 pairs" in out, out
+
+
+def test_ddp_example_under_torchrun_matches_one_process():
+    pytest.importorskip("sklearn", reason="the example needs scikit-learn (installed by `make setup`)")
+    script = str(ROOT / "examples" / "ddp_contrastive.py")
+    single = subprocess.run([sys.executable, script, "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+              "--epochs", "2"]
+    ranks = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr
+    assert "2 process(es) on cpu, global batch 512 (256 + 256 rows per rank)" in ranks.stdout, ranks.stdout
+
+    def numbers(out, pattern):
+        return [float(v) for v in re.findall(pattern, out)]
+
+    for pattern in (r"loss ([0-9.]+)", r"parameter checksum ([0-9.]+)"):
+        one, two = numbers(single.stdout, pattern), numbers(ranks.stdout, pattern)
+        assert one and len(one) == len(two), (single.stdout, ranks.stdout)
+        assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(one, two)), (single.stdout, ranks.stdout)
