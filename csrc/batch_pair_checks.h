@@ -20,7 +20,8 @@ inline void check_labels(const char* name, const at::Tensor& labels, const at::T
 }
 
 inline void check_batch_pair_args(const at::Tensor& q, const std::optional<at::Tensor>& r, const at::Tensor& q_labels,
-                                  const std::optional<at::Tensor>& r_labels, int64_t loss, int64_t reduction) {
+                                  const std::optional<at::Tensor>& r_labels, int64_t loss, int64_t reduction,
+                                  int64_t self_offset) {
   TORCH_CHECK(loss >= 0 && loss < batch::kNumBatchLosses, "fastloss: unknown in-batch loss id ", loss);
   TORCH_CHECK(reduction >= 1 && reduction <= 3, "fastloss: in-batch reduction must be 1 (mean), 2 (sum) or 3 "
               "(avg_nonzero), got ", reduction);
@@ -37,6 +38,8 @@ inline void check_batch_pair_args(const at::Tensor& q, const std::optional<at::T
     TORCH_CHECK(loss == int64_t(batch::BatchLoss::kContrastive), "fastloss: only the contrastive loss takes a "
                 "reference set");
   }
+  TORCH_CHECK(self_offset == -1 || (self_offset >= 0 && r.has_value()), "fastloss: self_offset (the queries' "
+              "first row in the reference set) must be -1 (none), or >= 0 with a reference set, got ", self_offset);
 }
 
 }  // namespace

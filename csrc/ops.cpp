@@ -31,12 +31,17 @@ TORCH_LIBRARY(fastloss, m) {
   // labels (N,) and (M,); computed tile by tile, never holding the N x M matrix. loss: 0
   // contrastive (margin_a, margin_b = pos_margin, neg_margin), 1 batch-hard triplet (margin_a =
   // margin), 2 its soft-margin form; reduction: 1 mean, 2 sum, 3 AvgNonZero; normalize: the rows
-  // are L2-normalised first (F.normalize, its backward included). Returns (loss, grad_q, grad_r):
-  // the loss 0-d, each gradient as if grad_output were 1, or empty when not asked.
+  // are L2-normalised first (F.normalize, its backward included); self_offset >= 0 (with r): the
+  // queries are r's rows from self_offset on, and the pairs (i, i + self_offset) are dropped as the
+  // batch's own pairs are (a rank's rows against the gathered batch). Returns (loss, grad_q,
+  // grad_r, stats): the loss 0-d, each gradient as if grad_output were 1, or empty when not asked;
+  // stats (5,) float64, the sums the reductions divide: contrastive: the positive costs > 0 and
+  // their number, the same for the negative ones, every cost; batch-hard: every kept anchor's
+  // cost and their number, the costs > 0 and their number, every cost again.
   m.def(
       "batch_pair_loss(Tensor q, Tensor? r, Tensor q_labels, Tensor? r_labels, int loss, int reduction, "
-      "float margin_a, float margin_b, bool normalize, bool need_grad_q, bool need_grad_r) "
-      "-> (Tensor, Tensor, Tensor)");
+      "float margin_a, float margin_b, bool normalize, bool need_grad_q, bool need_grad_r, int self_offset=-1) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // The softmax cross-entropy losses over all pairs (formulas/info_nce.h), tile by tile, never
   // holding the n x m matrix of logits l_ij = (a_i . b_j) / temperature: a (n, D), b (m, D),
   // temperature a 0-d floating tensor on their device. Row i's positive (target) is column

@@ -247,7 +247,8 @@ def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: to
 def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,
                            neg_margin: float = 1.0, *, normalize: bool = True,
                            ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
-                           reduction: str = "avg_nonzero", backend: str = "auto") -> torch.Tensor:
+                           reduction: str = "avg_nonzero", backend: str = "auto", all_gather: bool = False,
+                           group=None) -> torch.Tensor:
     """The all-pairs contrastive loss of a batch, tile by tile: memory O(N), never the N x N matrix.
 
     pytorch-metric-learning's ``ContrastiveLoss(pos_margin, neg_margin)`` with its default
@@ -265,6 +266,13 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
         reduction: "avg_nonzero" (the mean of the positive costs > 0 plus the mean of the
             negative costs > 0, a term with none counting 0), "mean" (over all pairs), "sum".
         backend: "auto" | "cpu" | "cuda" | "triton" | "torch" (the materialised formula).
+        all_gather: in an initialised torch.distributed process group (``group``, default the
+            world) of more than one rank: this rank's rows are paired with every rank's (the global
+            batch, rank order; ranks may hold different N), and the normalisers (the number of
+            pairs, the counts of costs > 0) are those of the global batch. Returns L_r such that
+            the mean over the ranks is the single-process loss on the global batch and the
+            DDP-averaged gradients are its gradients (see fastloss.distributed). Not with a
+            reference set. Outside a group (or with one rank) the plain loss.
 
     Returns:
         A 0-d tensor in embeddings' dtype; gradients reach embeddings and ref_embeddings.
@@ -272,12 +280,12 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
     return batch_ops.batch_contrastive_loss(
         embeddings, labels, pos_margin, neg_margin, normalize, ref_embeddings, ref_labels, reduction, backend,
         lambda: reference.batch_contrastive_loss(embeddings, labels, pos_margin, neg_margin, normalize,
-                                                 ref_embeddings, ref_labels, reduction))
+                                                 ref_embeddings, ref_labels, reduction), all_gather, group)
 
 
 def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.05, *,
                             normalize: bool = True, soft: bool = False, reduction: str = "avg_nonzero",
-                            backend: str = "auto") -> torch.Tensor:
+                            backend: str = "auto", all_gather: bool = False, group=None) -> torch.Tensor:
     """The batch-hard triplet loss (Hermans, Beyer and Leibe 2017), tile by tile: memory O(N).
 
     For each anchor i its hardest positive (the largest distance to a j != i with the same
@@ -291,6 +299,8 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
         margin: >= 0 (not used when soft).
         normalize: L2-normalise the rows first.
         reduction: "avg_nonzero" (the mean of the costs > 0), "mean" (over the kept anchors), "sum".
+        all_gather: not implemented yet for this loss: in a process group of more than one rank
+            it raises NotImplementedError (outside one, the plain loss).
 
     Returns:
         A 0-d tensor in embeddings' dtype. The gradient reaches each anchor, its hardest positive
@@ -298,7 +308,8 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     """
     return batch_ops.batch_hard_triplet_loss(
         embeddings, labels, margin, normalize, soft, reduction, backend,
-        lambda: reference.batch_hard_triplet_loss(embeddings, labels, margin, normalize, soft, reduction))
+        lambda: reference.batch_hard_triplet_loss(embeddings, labels, margin, normalize, soft, reduction),
+        all_gather, group)
 
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.Tensor = 0.07, *,

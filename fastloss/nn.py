@@ -146,16 +146,18 @@ class BatchContrastiveLoss(torch.nn.Module):
     ref_labels=None); see :func:`fastloss.batch_contrastive_loss`."""
 
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, *, normalize: bool = True,
-                 reduction: str = "avg_nonzero", backend: str = "auto") -> None:
+                 reduction: str = "avg_nonzero", backend: str = "auto", all_gather: bool = False,
+                 group=None) -> None:
         super().__init__()
         self.pos_margin, self.neg_margin, self.normalize = pos_margin, neg_margin, normalize
-        self.reduction, self.backend = reduction, backend
+        self.reduction, self.backend, self.all_gather, self.group = reduction, backend, all_gather, group
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None) -> torch.Tensor:
         return functional.batch_contrastive_loss(
             embeddings, labels, self.pos_margin, self.neg_margin, normalize=self.normalize,
-            ref_embeddings=ref_embeddings, ref_labels=ref_labels, reduction=self.reduction, backend=self.backend)
+            ref_embeddings=ref_embeddings, ref_labels=ref_labels, reduction=self.reduction, backend=self.backend,
+            all_gather=self.all_gather, group=self.group)
 
     def extra_repr(self) -> str:
         return (f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, normalize={self.normalize}, "

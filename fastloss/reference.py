@@ -173,9 +173,11 @@ def _avg_nonzero(costs):
 
 
 def batch_contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, normalize=True,
-                           ref_embeddings=None, ref_labels=None, reduction="avg_nonzero"):
+                           ref_embeddings=None, ref_labels=None, reduction="avg_nonzero", self_offset=None):
     """The in-batch contrastive loss on the materialised N x M distance matrix:
-    pytorch-metric-learning's ContrastiveLoss with its default Euclidean distance."""
+    pytorch-metric-learning's ContrastiveLoss with its default Euclidean distance. self_offset
+    (with a reference set holding the queries from that row on): the pairs (i, i + self_offset),
+    a row with itself, are left out as the batch's own are."""
     q = F.normalize(embeddings, dim=1) if normalize else embeddings
     self_reference = ref_embeddings is None
     if self_reference:
@@ -184,6 +186,12 @@ def batch_contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, n
         r = F.normalize(ref_embeddings, dim=1) if normalize else ref_embeddings
     d = pairwise_distances(q, r)
     pos, neg = _in_batch_pairs(labels, ref_labels, self_reference)
+    if self_offset is not None and not self_reference:
+        rows = torch.arange(q.shape[0], device=q.device)
+        own = torch.zeros_like(pos)
+        inside = rows + self_offset < r.shape[0]
+        own[rows[inside], rows[inside] + self_offset] = True
+        pos = pos & ~own
     pos_costs = torch.where(pos, F.relu(d - pos_margin), 0.0)
     neg_costs = torch.where(neg, F.relu(neg_margin - d), 0.0)
     if reduction == "avg_nonzero":

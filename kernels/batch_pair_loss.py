@@ -77,9 +77,10 @@ def _relu_keep_nan(v):
 
 @triton.jit
 def _contrastive_tile(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr, x_lab_ptr, y_lab_ptr, rows, cols,
-                      n_x, n_y, d, pos_margin, neg_margin, SELF: tl.constexpr, ACC: tl.constexpr,
+                      n_x, n_y, d, pos_margin, neg_margin, self_offset, SELF: tl.constexpr, ACC: tl.constexpr,
                       PRECISION: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The contrastive tile: each pair's cost (positive and negative apart) and cost'(d) / d."""
+    """The contrastive tile: each pair's cost (positive and negative apart) and cost'(d) / d; with
+    SELF the pairs (row i, column i + self_offset) are dropped."""
     dist = _distances(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n_x, n_y, d, ACC,
                       PRECISION, BLOCK_X, BLOCK_Y, BLOCK_K)
     x_lab = tl.load(x_lab_ptr + rows, mask=rows < n_x, other=0)
@@ -88,7 +89,7 @@ def _contrastive_tile(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr
     same = x_lab[:, None] == y_lab[None, :]
     pos = inside & same
     if SELF:
-        pos = pos & (rows[:, None] != cols[None, :])
+        pos = pos & (cols[None, :] != rows[:, None] + self_offset)
     neg = inside & (x_lab[:, None] != y_lab[None, :])
     gap_p = dist - pos_margin
     gap_n = neg_margin - dist
@@ -118,7 +119,8 @@ def _accumulate_product(acc_ptr, coef, y_ptr, y_scale_ptr, rows, cols, n_x, n_y,
 def _contrastive_sweep_kernel(q_ptr, r_ptr, q_scale_ptr, r_scale_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab_ptr,
                               stats_ptr,
                               acc_pos_ptr, acc_neg_ptr, rowsum_ptr, n, m, d, pos_margin_bits, neg_margin_bits,
-                              SELF: tl.constexpr, GRAD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                              self_offset, SELF: tl.constexpr, GRAD: tl.constexpr, ACC: tl.constexpr,
+                              PRECISION: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     pos_margin = _scalar(pos_margin_bits, ACC)
@@ -134,7 +136,7 @@ def _contrastive_sweep_kernel(q_ptr, r_ptr, q_scale_ptr, r_scale_ptr, q_sq_ptr, 
         cols = j0 + tl.arange(0, BLOCK_N)
         cost_p, cost_n, coef_p, coef_n = _contrastive_tile(
             q_ptr, r_ptr, q_scale_ptr, r_scale_ptr, q_sq_ptr, r_sq_ptr, q_lab_ptr, r_lab_ptr, rows, cols, n, m, d,
-            pos_margin, neg_margin, SELF, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+            pos_margin, neg_margin, self_offset, SELF, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         s_pos += tl.sum(tl.where(cost_p > 0, cost_p, 0.0), axis=1)
         c_pos += tl.sum(tl.where(cost_p > 0, 1.0, 0.0), axis=1)
         s_neg += tl.sum(tl.where(cost_n > 0, cost_n, 0.0), axis=1)
@@ -162,7 +164,8 @@ def _contrastive_sweep_kernel(q_ptr, r_ptr, q_scale_ptr, r_scale_ptr, q_sq_ptr, 
 @triton.jit(do_not_specialize=["pos_margin_bits", "neg_margin_bits"])
 def _contrastive_column_kernel(r_ptr, q_ptr, r_scale_ptr, q_scale_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_lab_ptr,
                                scales_ptr, acc_ptr,
-                               rowsum_ptr, m, n, d, pos_margin_bits, neg_margin_bits, ACC: tl.constexpr,
+                               rowsum_ptr, m, n, d, pos_margin_bits, neg_margin_bits, self_offset,
+                               SELF: tl.constexpr, ACC: tl.constexpr,
                                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                BLOCK_K: tl.constexpr):
     """The reference rows' gradient: each program owns a block of reference rows and walks the
@@ -177,7 +180,7 @@ def _contrastive_column_kernel(r_ptr, q_ptr, r_scale_ptr, q_scale_ptr, r_sq_ptr,
         cols = i0 + tl.arange(0, BLOCK_N)
         cost_p, cost_n, coef_p, coef_n = _contrastive_tile(
             r_ptr, q_ptr, r_scale_ptr, q_scale_ptr, r_sq_ptr, q_sq_ptr, r_lab_ptr, q_lab_ptr, rows, cols, m, n, d,
-            pos_margin, neg_margin, False, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+            pos_margin, neg_margin, self_offset, SELF, ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         coef = scale_pos * coef_p + scale_neg * coef_n
         total += tl.sum(coef, axis=1)
         _accumulate_product(acc_ptr, coef, q_ptr, q_scale_ptr, rows, cols, m, n, d, ACC, PRECISION, BLOCK_K)
@@ -283,8 +286,12 @@ def _unit_row_backward(g, x, scale, normalize):
     return (g - u * along) * scale[:, None]
 
 
-def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, normalize, need_q, need_r):
+def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, normalize, need_q, need_r,
+                 self_offset):
     self_ref = r is None
+    # the pairs (i, i + dropped) are left out: the batch's own (self), or the queries' own rows in
+    # a reference set that holds them from self_offset on
+    dropped = 0 if self_ref else (self_offset if self_offset >= 0 else None)
     ref, ref_labels = (q, q_labels) if self_ref else (r, r_labels)
     n, d = q.shape
     m = ref.shape[0]
@@ -300,14 +307,15 @@ def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, no
     if n > 0 and m > 0:
         _contrastive_sweep_kernel[(triton.cdiv(n, BLOCK_M),)](
             q, ref, q_scale, r_scale, q_sq, r_sq, q_labels, ref_labels, stats, acc_pos, acc_neg, rowsums, n, m, d,
-            *margins,
-            SELF=self_ref, GRAD=need_q, ACC=acc_tl, PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            *margins, dropped or 0,
+            SELF=dropped is not None, GRAD=need_q, ACC=acc_tl, PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
             BLOCK_K=BLOCK_K)
     else:
         stats.zero_()
         rowsums.zero_()
     sums = stats.sum(0).double()
-    pairs = float(n * (n - 1) if self_ref else n * m)
+    own = 0 if dropped is None else max(0, min(n, m - dropped))  # one per query whose own row is there
+    pairs = float(n * m - own)
     if reduction == MEAN:
         value = sums[4] / max(pairs, 1.0)
         scales = torch.full((2,), 1.0 / pairs if pairs > 0 else 0.0, dtype=torch.float64, device=q.device)
@@ -333,10 +341,11 @@ def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, no
         if n > 0 and m > 0:
             _contrastive_column_kernel[(triton.cdiv(m, BLOCK_M),)](
                 ref, q, r_scale, q_scale, r_sq, q_sq, ref_labels, q_labels, sc, acc, total, m, n, d, *margins,
-                ACC=acc_tl, PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+                -(dropped or 0), SELF=dropped is not None, ACC=acc_tl, PRECISION=precision, BLOCK_M=BLOCK_M,
+                BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         y = ref.to(acc_torch)
         grad_r = _unit_row_backward(y * r_scale[:, None] * total[:, None] - acc, y, r_scale, normalize).to(q.dtype)
-    return loss, grad_q, grad_r
+    return loss, grad_q, grad_r, sums
 
 
 def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
@@ -365,6 +374,8 @@ def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
     cost = torch.where(kept, cost, 0.0)
     dcost = torch.where(kept, dcost, 0.0)
     cost64 = cost.double()
+    sums = torch.stack((cost64.sum(), kept.sum().double(), torch.where(cost > 0, cost64, 0.0).sum(),
+                        (cost > 0).sum().double(), cost64.sum()))
     if reduction == AVG_NONZERO:
         nonzero = cost > 0
         count = nonzero.sum().double()
@@ -379,7 +390,7 @@ def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
         weight = dcost
     loss = value.to(x.dtype, copy=True)
     if not need:
-        return loss, x.new_empty(0), x.new_empty(0)
+        return loss, x.new_empty(0), x.new_empty(0), sums
     xa = x.to(acc_torch) * scale[:, None]  # the rows the distances are of
     p, q = pos_j.clamp_min(0), neg_j.clamp_min(0)
     cp = torch.where(pos_d > 0, weight / torch.where(pos_d > 0, pos_d, 1.0), 0.0)[:, None]
@@ -388,14 +399,15 @@ def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
     grad = cp * to_p - cn * to_n
     _segment_sum(grad, (-cp * to_p).contiguous(), p)
     _segment_sum(grad, (cn * to_n).contiguous(), q)
-    return loss, _unit_row_backward(grad, x.to(acc_torch), scale, normalize).to(x.dtype), x.new_empty(0)
+    return loss, _unit_row_backward(grad, x.to(acc_torch), scale, normalize).to(x.dtype), x.new_empty(0), sums
 
 
 def batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize, need_grad_q,
-                    need_grad_r):
-    """(loss, grad_q, grad_r) of the in-batch loss `loss` on rows q (and r) of one float dtype."""
+                    need_grad_r, self_offset=-1):
+    """(loss, grad_q, grad_r, stats) of the in-batch loss `loss` on rows q (and r) of one float
+    dtype (csrc/ops.cpp's contract)."""
     with _device_scope(q):
         if loss == CONTRASTIVE:
             return _contrastive(q, r, q_labels, r_labels, reduction, margin_a, margin_b, normalize, need_grad_q,
-                                need_grad_r)
+                                need_grad_r, self_offset)
         return _hard_triplet(q, q_labels, reduction, margin_a, loss == HARD_SOFT_TRIPLET, normalize, need_grad_q)

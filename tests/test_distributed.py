@@ -240,3 +240,76 @@ def test_outside_a_process_group_all_gather_is_the_plain_loss():
     q, k = torch.randn(5, 3), torch.randn(7, 3)
     torch.testing.assert_close(fastloss.info_nce_loss(q, k, all_gather=True), fastloss.info_nce_loss(q, k))
     torch.testing.assert_close(fastloss.nt_xent_loss(q, k[:5], all_gather=True), fastloss.nt_xent_loss(q, k[:5]))
+
+
+# ---- the all-pairs contrastive loss ----
+
+def contrastive_oracle(x, y, pos_margin, neg_margin, normalize, reduction):
+    """pytorch-metric-learning's ContrastiveLoss, written here on the whole float64 matrix:
+    torch.cdist's exact distances, every ordered pair i != j."""
+    q = F.normalize(x, dim=1) if normalize else x
+    d = torch.cdist(q, q, compute_mode="donot_use_mm_for_euclid_dist")
+    same = y[:, None] == y[None, :]
+    pos = same & ~torch.eye(len(y), dtype=torch.bool)
+    pc, nc = (d - pos_margin).clamp_min(0)[pos], (neg_margin - d).clamp_min(0)[~same]
+    if reduction == "avg_nonzero":
+        mean = lambda c: c[c > 0].sum() / max(int((c > 0).sum()), 1)  # noqa: E731
+        return mean(pc) + mean(nc)
+    total = pc.sum() + nc.sum()
+    return total / max(int(pos.sum() + (~same).sum()), 1) if reduction == "mean" else total
+
+
+CONTRASTIVE_CASES = [(reduction, normalize, backend) for reduction in ("avg_nonzero", "mean", "sum")
+                     for normalize in (True, False) for backend in BACKENDS]
+
+
+def _local_contrastive(rank, world, sizes, seed):
+    out = []
+    for reduction, normalize, backend in CONTRASTIVE_CASES:
+        x, y = contrastive_batch(seed, sizes)
+        mine = slices(sizes)[rank]
+        xl = x[mine].float().requires_grad_()
+        loss = fastloss.batch_contrastive_loss(xl, y[mine], 0.3, 0.9, normalize=normalize, reduction=reduction,
+                                               backend=backend, all_gather=True)
+        loss.backward()
+        out.append((loss.detach(), xl.grad))
+    return out
+
+
+def contrastive_batch(seed, sizes, d=5):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
+    y = torch.randint(0, 3, (n,), generator=g)  # few labels: positives live on every rank
+    return x, y
+
+
+@pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4]], ids=["2-ranks", "3-ranks"])
+def test_global_contrastive_equals_the_single_process_loss(sizes):
+    world, seed = len(sizes), 3
+    per_rank = run_ranks(world, _local_contrastive, sizes, seed)
+    x, y = contrastive_batch(seed, sizes)
+    for index, (reduction, normalize, backend) in enumerate(CONTRASTIVE_CASES):
+        what = f"contrastive {reduction} normalize={normalize} {backend}"
+        xd = x.float().double().requires_grad_()
+        expected = contrastive_oracle(xd, y, 0.3, 0.9, normalize, reduction)
+        expected.backward()
+        mean = torch.stack([r[index][0] for r in per_rank]).double().mean()
+        torch.testing.assert_close(mean, expected.detach(), rtol=2e-5, atol=2e-6, msg=what)
+        for rank, s in enumerate(slices(sizes)):
+            torch.testing.assert_close(per_rank[rank][index][1].double() / world, xd.grad[s], rtol=2e-4, atol=2e-6,
+                                       msg=what)
+
+
+def _hard_triplet_refuses(rank, world):
+    x = torch.randn(4, 3)
+    try:
+        fastloss.batch_hard_triplet_loss(x, torch.arange(4) % 2, all_gather=True)
+    except NotImplementedError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_batch_hard_with_all_gather_says_it_is_not_implemented():
+    for message in run_ranks(2, _hard_triplet_refuses):
+        assert "all_gather=True is not implemented yet for the batch-hard triplet loss" in message

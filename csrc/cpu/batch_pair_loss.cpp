@@ -131,7 +131,7 @@ struct RowSide {
 // The epilogue's arguments for the tile of rows [i0, i0 + rows) by columns [j0, j0 + cols).
 template <typename T>
 PairTileArgs tile_args(Scratch<T>& s, const RowSide& row, const RowSide& col, int64_t i0, int64_t rows, int64_t j0,
-                       int64_t cols, bool exclude_self) {
+                       int64_t cols, std::optional<int64_t> dropped) {
   PairTileArgs a{};
   a.dots = s.dots.data();
   a.rows = rows;
@@ -143,8 +143,8 @@ PairTileArgs tile_args(Scratch<T>& s, const RowSide& row, const RowSide& col, in
   a.r_sq = col.sq.data_ptr<T>() + j0;
   a.q_ids = row.ids.data_ptr<int32_t>() + i0;
   a.r_ids = col.ids.data_ptr<int32_t>() + j0;
-  a.exclude_self = exclude_self;
-  a.self_offset = i0 - j0;
+  a.exclude_self = dropped.has_value();  // the pairs (row i, column i + *dropped) of the whole matrix
+  a.self_offset = i0 + dropped.value_or(0) - j0;
   return a;
 }
 
@@ -190,14 +190,15 @@ struct Rows {
 // known already).
 template <typename T>
 void contrastive_sweep(const at::Tensor& x, const at::Tensor& y, const RowSide& xs, const RowSide& ys,
-                       bool exclude_self, double pos_margin, double neg_margin, double* stats, at::Tensor& rowsum_pos,
+                       std::optional<int64_t> dropped, double pos_margin, double neg_margin, double* stats,
+                       at::Tensor& rowsum_pos,
                        at::Tensor& rowsum_neg, at::Tensor& acc_pos, at::Tensor& acc_neg, double alpha_pos = 1.0,
                        double alpha_neg = 1.0) {
   const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
   const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/false);
   const bool coef = acc_pos.defined();
   for_each_tile<T>(x, y, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a = tile_args<T>(s, xs, ys, i0, rows, j0, cols, exclude_self);
+    PairTileArgs a = tile_args<T>(s, xs, ys, i0, rows, j0, cols, dropped);
     a.margin_a = pos_margin;
     a.margin_b = neg_margin;
     a.stats = stats + i0 * kPairStats;
@@ -248,12 +249,16 @@ at::Tensor finish_gradient(at::Tensor acc, const at::Tensor& acc_neg, const at::
   return acc;
 }
 
-// The contrastive loss: its value, and (as if grad_output were 1) the gradients asked for.
+// The contrastive loss: its value, and (as if grad_output were 1) the gradients asked for; with a
+// reference set whose rows from self_offset on are the queries (self_offset >= 0), the pairs
+// (i, i + self_offset) are dropped as the batch's own pairs are. The sums of the pair statistics
+// go to sums_out.
 template <typename T>
 std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, const at::Tensor& r, bool self,
                                                          const at::Tensor& q_ids, const at::Tensor& r_ids,
                                                          int64_t reduction, double pos_margin, double neg_margin,
-                                                         bool normalize, bool need_q, bool need_r) {
+                                                         bool normalize, bool need_q, bool need_r, int64_t self_offset,
+                                                         double* sums_out) {
   const int64_t n = q.size(0), m = r.size(0), d = q.size(1);
   const Rows<T> q_rows(q, q_ids, normalize);
   const Rows<T> r_rows = self ? q_rows : Rows<T>(r, r_ids, normalize);
@@ -265,13 +270,18 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
     rowsum_pos = at::zeros({n}, q.options());
     rowsum_neg = at::zeros({n}, q.options());
   }
-  contrastive_sweep<T>(q, r, q_rows.side(), r_rows.side(), self, pos_margin, neg_margin, stats.data(), rowsum_pos,
+  const std::optional<int64_t> dropped =
+      self ? std::optional<int64_t>(0) : self_offset >= 0 ? std::optional<int64_t>(self_offset) : std::nullopt;
+  contrastive_sweep<T>(q, r, q_rows.side(), r_rows.side(), dropped, pos_margin, neg_margin, stats.data(), rowsum_pos,
                        rowsum_neg, acc_pos, acc_neg);
 
   double sums[kPairStats] = {};
   for (int64_t i = 0; i < n; ++i)
     for (int k = 0; k < kPairStats; ++k) sums[k] += stats[size_t(i * kPairStats + k)];
-  const double pairs = self ? double(n) * double(n - 1) : double(n) * double(m);
+  for (int k = 0; k < kPairStats; ++k) sums_out[k] = sums[k];
+  // the pairs dropped: one per query row whose own row lies in the reference set
+  const int64_t own = dropped ? std::max<int64_t>(0, std::min(n, m - *dropped)) : 0;
+  const double pairs = double(n) * double(m) - double(own);
   double value, scale_pos, scale_neg;
   switch (static_cast<batch::BatchReduction>(reduction)) {
     case batch::BatchReduction::kMean:
@@ -297,7 +307,9 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
     std::vector<double> unused(size_t(m * kPairStats), 0.0);
     at::Tensor acc = at::zeros({m, d}, r.options());
     at::Tensor rs_pos = at::zeros({m}, r.options()), rs_neg = at::zeros({m}, r.options());
-    contrastive_sweep<T>(r, q, r_rows.side(), q_rows.side(), false, pos_margin, neg_margin, unused.data(), rs_pos,
+    // (row j of r, column i of q) is dropped where j = i + self_offset
+    const std::optional<int64_t> back = dropped ? std::optional<int64_t>(-*dropped) : std::nullopt;
+    contrastive_sweep<T>(r, q, r_rows.side(), q_rows.side(), back, pos_margin, neg_margin, unused.data(), rs_pos,
                          rs_neg, acc, acc, scale_pos, scale_neg);
     grad_r = finish_gradient<T>(acc, at::Tensor(), r, r_rows.scaled.first, rs_pos, rs_neg, scale_pos, scale_neg,
                                 1.0, normalize);
@@ -311,7 +323,8 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
 // (the columns in parallel): the same bits for any thread count.
 template <typename T>
 std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& ids, int64_t reduction,
-                                                          double margin, bool soft, bool normalize, bool need) {
+                                                          double margin, bool soft, bool normalize, bool need,
+                                                          double* sums_out) {
   const int64_t n = x.size(0), d = x.size(1);
   const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
   const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/true);
@@ -321,7 +334,8 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
   std::vector<T> pos_d(size_t(n), -inf), neg_d(size_t(n), inf);
   std::vector<int64_t> pos_j(size_t(n), -1), neg_j(size_t(n), -1);
   for_each_tile<T>(x, x, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a = tile_args<T>(s, {scale, sq, ids}, {scale, sq, ids}, i0, rows, j0, cols, /*exclude_self=*/true);
+    PairTileArgs a = tile_args<T>(s, {scale, sq, ids}, {scale, sq, ids}, i0, rows, j0, cols,
+                                  /*dropped=*/int64_t(0));
     a.col0 = j0;
     a.pos_d = pos_d.data() + i0;
     a.pos_j = pos_j.data() + i0;
@@ -344,6 +358,11 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
       nonzero_total += double(cost[size_t(i)]);
     }
   }
+  sums_out[0] = total;
+  sums_out[1] = kept;
+  sums_out[2] = nonzero_total;
+  sums_out[3] = nonzero;
+  sums_out[4] = total;
   double value;
   std::vector<T> weight(size_t(n), T(0));
   const auto reduce = static_cast<batch::BatchReduction>(reduction);
@@ -384,11 +403,11 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
   return {value, grad, at::Tensor()};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
     const at::Tensor& q, const std::optional<at::Tensor>& r, const at::Tensor& q_labels,
     const std::optional<at::Tensor>& r_labels, int64_t loss, int64_t reduction, double margin_a, double margin_b,
-    bool normalize, bool need_grad_q, bool need_grad_r) {
-  check_batch_pair_args(q, r, q_labels, r_labels, loss, reduction);
+    bool normalize, bool need_grad_q, bool need_grad_r, int64_t self_offset) {
+  check_batch_pair_args(q, r, q_labels, r_labels, loss, reduction, self_offset);
   const bool self = !r.has_value();
   need_grad_r = need_grad_r && !self;
   const auto opts = q.options();
@@ -398,20 +417,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
   const at::Tensor ra = self ? qa : r->detach().to(acc).contiguous();
   auto [q_ids, r_ids] = label_ids(q_labels, r_labels);
   std::tuple<double, at::Tensor, at::Tensor> result;
+  at::Tensor sums = at::zeros({kPairStats}, opts.dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "batch_pair_loss_cpu", [&] {
     if (static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kContrastive) {
       result = contrastive<scalar_t>(qa, ra, self, q_ids, r_ids, reduction, margin_a, margin_b, normalize,
-                                     need_grad_q, need_grad_r);
+                                     need_grad_q, need_grad_r, self_offset, sums.data_ptr<double>());
     } else {
       result = hard_triplet<scalar_t>(qa, q_ids, reduction, margin_a,
                                       static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kHardSoftTriplet,
-                                      normalize, need_grad_q);
+                                      normalize, need_grad_q, sums.data_ptr<double>());
     }
   });
   at::Tensor value = at::empty({}, opts);
   value.fill_(std::get<0>(result));
   auto out = [&](const at::Tensor& g, bool need) { return need ? g.to(q.scalar_type()) : at::empty({0}, opts); };
-  return {value, out(std::get<1>(result), need_grad_q), out(std::get<2>(result), need_grad_r)};
+  return {value, out(std::get<1>(result), need_grad_q), out(std::get<2>(result), need_grad_r), sums};
 }
 
 }  // namespace

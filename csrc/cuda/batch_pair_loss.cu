@@ -231,8 +231,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
                                                              const at::Tensor& q_lab, const at::Tensor& r_lab,
                                                              int64_t reduction, double pos_margin, double neg_margin,
                                                              bool normalize, bool need_q, bool need_r,
+                                                             int64_t self_offset, at::Tensor& sums_out,
                                                              cudaStream_t stream) {
   const int64_t n = q.size(0), m = r.size(0), d = q.size(1);
+  // the pairs (row i, column i + *dropped) are left out: the batch's own pairs (self), or a
+  // reference set whose rows from self_offset on are the queries
+  const std::optional<int64_t> dropped =
+      self ? std::optional<int64_t>(0) : self_offset >= 0 ? std::optional<int64_t>(self_offset) : std::nullopt;
   const auto [q_scale, q_sq] = row_scales(q, normalize);
   const auto [r_scale, r_sq] = self ? std::pair{q_scale, q_sq} : row_scales(r, normalize);
   const bool coef = need_q || need_r;
@@ -241,13 +246,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
   at::Tensor acc_neg = need_q ? at::zeros({n, d}, q.options()) : at::Tensor();
   at::Tensor coefs = coef ? at::empty({2, std::min(n, kTile) * std::min(m, kTile)}, q.options()) : at::Tensor();
   auto epilogue = [&](const at::Tensor& rows_scale, const at::Tensor& cols_scale, const at::Tensor& rows_sq,
-                      const at::Tensor& cols_sq, const at::Tensor& row_lab, const at::Tensor& col_lab, bool exclude,
+                      const at::Tensor& cols_sq, const at::Tensor& row_lab, const at::Tensor& col_lab,
+                      std::optional<int64_t> drop,
                       int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots, double* row_stats,
                       const T* coef_scales) {
     contrastive_epilogue<T><<<unsigned(rows), kThreads, 0, stream>>>(
         dots.data_ptr<T>(), cols, rows_scale.data_ptr<T>() + i0, cols_scale.data_ptr<T>() + j0,
         rows_sq.data_ptr<T>() + i0, cols_sq.data_ptr<T>() + j0,
-        row_lab.data_ptr<int64_t>() + i0, col_lab.data_ptr<int64_t>() + j0, exclude, i0 - j0, T(pos_margin),
+        row_lab.data_ptr<int64_t>() + i0, col_lab.data_ptr<int64_t>() + j0, drop.has_value(),
+        i0 + drop.value_or(0) - j0, T(pos_margin),
         T(neg_margin), coef_scales, coef ? coefs[0].data_ptr<T>() : nullptr, coef ? coefs[1].data_ptr<T>() : nullptr,
         row_stats);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -256,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
     return coefs[part].narrow(0, 0, rows * cols).view({rows, cols});
   };
   for_each_tile(q, r, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
-    epilogue(q_scale, r_scale, q_sq, r_sq, q_lab, r_lab, self, i0, rows, j0, cols, dots,
+    epilogue(q_scale, r_scale, q_sq, r_sq, q_lab, r_lab, dropped, i0, rows, j0, cols, dots,
              stats.data_ptr<double>() + i0 * kStats, nullptr);
     if (need_q) {
       const at::Tensor rj = r.narrow(0, j0, cols);
@@ -265,7 +272,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
     }
   });
   const at::Tensor sums = stats.sum(0);
-  const double pairs = self ? double(n) * double(n - 1) : double(n) * double(m);
+  sums_out = sums.narrow(0, 0, 5);
+  // the pairs dropped: one per query row whose own row lies in the reference set
+  const int64_t own = dropped ? std::max<int64_t>(0, std::min(n, m - *dropped)) : 0;
+  const double pairs = double(n) * double(m) - double(own);
   at::Tensor value, scales;
   if (reduction == int64_t(batch::BatchReduction::kMean)) {
     value = sums[4] / std::max(pairs, 1.0);
@@ -292,7 +302,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
     at::Tensor col_stats = at::zeros({m, kStats}, stats.options());
     at::Tensor acc = at::zeros({m, d}, r.options());
     for_each_tile(r, q, [&](int64_t j0, int64_t rows, int64_t i0, int64_t cols, const at::Tensor& dots) {
-      epilogue(r_scale, q_scale, r_sq, q_sq, r_lab, q_lab, false, j0, rows, i0, cols, dots,
+      // (row j of r, column i of q) is dropped where j = i + self_offset
+      const std::optional<int64_t> back = dropped ? std::optional<int64_t>(-*dropped) : std::nullopt;
+      epilogue(r_scale, q_scale, r_sq, q_sq, r_lab, q_lab, back, j0, rows, i0, cols, dots,
                col_stats.data_ptr<double>() + j0 * kStats, sc.data_ptr<T>());  // the scales stay on the device
       const at::Tensor qi = q.narrow(0, i0, cols);
       at::Tensor out = acc.narrow(0, j0, rows);
@@ -309,7 +321,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& lab,
                                                               int64_t reduction, double margin, bool soft,
-                                                              bool normalize, bool need, cudaStream_t stream) {
+                                                              bool normalize, bool need, at::Tensor& sums_out,
+                                                              cudaStream_t stream) {
   const int64_t n = x.size(0);
   const auto [scale, sq] = row_scales(x, normalize);
   const double inf = std::numeric_limits<double>::infinity();
@@ -333,6 +346,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const at::Tensor cost64 = cost.to(at::kDouble);
+  {
+    const at::Tensor positive = cost > 0;
+    const at::Tensor total = cost64.sum();
+    sums_out = at::stack({total, kept.sum().to(at::kDouble), at::where(positive, cost64, at::zeros_like(cost64)).sum(),
+                          positive.sum().to(at::kDouble), total});
+  }
   at::Tensor value, weight;
   if (reduction == int64_t(batch::BatchReduction::kAvgNonZero)) {
     const at::Tensor nonzero = cost > 0;
@@ -367,11 +386,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x,
   return {value, unit_row_backward(grad, x, scale, normalize), at::Tensor()};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cuda(
     const at::Tensor& q, const std::optional<at::Tensor>& r, const at::Tensor& q_labels,
     const std::optional<at::Tensor>& r_labels, int64_t loss, int64_t reduction, double margin_a, double margin_b,
-    bool normalize, bool need_grad_q, bool need_grad_r) {
-  check_batch_pair_args(q, r, q_labels, r_labels, loss, reduction);
+    bool normalize, bool need_grad_q, bool need_grad_r, int64_t self_offset) {
+  check_batch_pair_args(q, r, q_labels, r_labels, loss, reduction, self_offset);
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q.device().index());
   const bool self = !r.has_value();
@@ -382,18 +401,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cuda(
   const at::Tensor ra = self ? qa : r->detach().to(acc).contiguous();
   const at::Tensor rl = self ? q_labels : *r_labels;
   const bool soft = loss == int64_t(batch::BatchLoss::kHardSoftTriplet);
+  at::Tensor sums;
   auto run = [&](auto zero) {  // zero: a value of the tiles' type
     using T = decltype(zero);
     return loss == int64_t(batch::BatchLoss::kContrastive)
                ? contrastive<T>(qa, ra, self, q_labels, rl, reduction, margin_a, margin_b, normalize, need_grad_q,
-                                need_grad_r, stream)
-               : hard_triplet<T>(qa, q_labels, reduction, margin_a, soft, normalize, need_grad_q, stream);
+                                need_grad_r, self_offset, sums, stream)
+               : hard_triplet<T>(qa, q_labels, reduction, margin_a, soft, normalize, need_grad_q, sums, stream);
   };
   const std::tuple<at::Tensor, at::Tensor, at::Tensor> result = acc == at::kDouble ? run(0.0) : run(0.0f);
   const auto opts = q.options();
   const at::Tensor value = std::get<0>(result).to(q.scalar_type(), /*non_blocking=*/false, /*copy=*/true);  // not a view
   auto out = [&](const at::Tensor& g, bool need) { return need ? g.to(q.scalar_type()) : at::empty({0}, opts); };
-  return {value, out(std::get<1>(result), need_grad_q), out(std::get<2>(result), need_grad_r)};
+  return {value, out(std::get<1>(result), need_grad_q), out(std::get<2>(result), need_grad_r), sums.contiguous()};
 }
 
 }  // namespace

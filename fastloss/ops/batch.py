@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from .. import _args, _backend
+from .. import _args, _backend, distributed
 from .. import reference as plain_formulas
 from .autograd import LossFamily, apply_fused_loss
 from .pointwise import rescale
@@ -27,10 +28,11 @@ REDUCTIONS = {"avg_nonzero": 3, "mean": 1, "sum": 2}
 REDUCTION_NAMES = {v: k for k, v in REDUCTIONS.items()}
 
 
-def _fake_batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize, need_q, need_r):
+def _fake_batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize, need_q, need_r,
+                          self_offset=-1):
     grad_q = torch.empty_like(q) if need_q else q.new_empty(0)
     grad_r = torch.empty_like(r) if (need_r and r is not None) else q.new_empty(0)
-    return q.new_empty(()), grad_q, grad_r
+    return q.new_empty(()), grad_q, grad_r, q.new_empty(5, dtype=torch.float64)
 
 
 if _backend.cpu_built() and hasattr(torch.ops.fastloss, "batch_pair_loss"):
@@ -40,13 +42,13 @@ if _backend.cpu_built() and hasattr(torch.ops.fastloss, "batch_pair_loss"):
 @torch.library.custom_op("fastloss::batch_pair_loss_triton", mutates_args=())
 def batch_pair_loss_triton(q: torch.Tensor, r: torch.Tensor | None, q_labels: torch.Tensor,
                            r_labels: torch.Tensor | None, loss: int, reduction: int, margin_a: float,
-                           margin_b: float, normalize: bool, need_grad_q: bool,
-                           need_grad_r: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           margin_b: float, normalize: bool, need_grad_q: bool, need_grad_r: bool,
+                           self_offset: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton kernels behind the in-batch contract."""
     from fastloss.kernels import batch_pair_loss as kernel  # imported late: TRITON_INTERPRET is read then
 
     return kernel.batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize,
-                                  need_grad_q, need_grad_r)
+                                  need_grad_q, need_grad_r, self_offset)
 
 
 batch_pair_loss_triton.register_fake(_fake_batch_pair_loss)
@@ -60,18 +62,21 @@ def _forward_op(backend: str):
 
 def _fused(backend: str, config: tuple, needs: tuple, tensors) -> tuple[torch.Tensor, ...]:
     q, r, q_labels, r_labels = tensors
-    return _forward_op(backend)(q, r, q_labels, r_labels, *config, *needs)
+    loss, reduction_id, margin_a, margin_b, normalize, self_offset = config
+    value, grad_q, grad_r, _ = _forward_op(backend)(q, r, q_labels, r_labels, loss, reduction_id, margin_a, margin_b,
+                                                    normalize, *needs, self_offset)
+    return value, grad_q, grad_r
 
 
 def _plain(config: tuple, tensors) -> torch.Tensor:
     """The same loss on the materialised distance matrix: what create_graph and the torch.func
     transforms differentiate."""
-    loss, reduction_id, margin_a, margin_b, normalize = config
+    loss, reduction_id, margin_a, margin_b, normalize, self_offset = config
     q, r, q_labels, r_labels = tensors
     reduction = REDUCTION_NAMES[reduction_id]
     if loss == CONTRASTIVE:
         return plain_formulas.batch_contrastive_loss(q, q_labels, margin_a, margin_b, normalize, r, r_labels,
-                                                     reduction)
+                                                     reduction, None if self_offset < 0 else self_offset)
     return plain_formulas.batch_hard_triplet_loss(q, q_labels, margin_a, normalize, loss == HARD_SOFT_TRIPLET,
                                                   reduction)
 
@@ -108,7 +113,8 @@ def _check_margin(fn: str, name: str, value: float) -> float:
 def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float, neg_margin: float,
                            normalize: bool, ref_embeddings: torch.Tensor | None, ref_labels: torch.Tensor | None,
                            reduction: str, backend: str | None,
-                           reference: Callable[[], torch.Tensor]) -> torch.Tensor:
+                           reference: Callable[[], torch.Tensor], all_gather: bool = False,
+                           group=None) -> torch.Tensor:
     fn = "batch_contrastive_loss"
     _check_embeddings(fn, "embeddings", embeddings)
     _check_labels(fn, "labels", labels, embeddings.shape[0], "embeddings")
@@ -127,6 +133,12 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
     _args.check_same_device(fn, "embeddings", embeddings, labels=labels, ref_embeddings=ref_embeddings,
                             ref_labels=ref_labels)
     chosen = _backend.resolve(backend, embeddings.device)
+    if all_gather and distributed.active(group):
+        if ref_embeddings is not None:
+            raise ValueError(f"fastloss.{fn}: all_gather=True gathers the batch as the reference set: pass no "
+                             f"ref_embeddings/ref_labels with it")
+        return _global_contrastive(fn, embeddings.contiguous(), labels.to(torch.int64).contiguous(), pos_margin,
+                                   neg_margin, bool(normalize), reduction_id, chosen, group)
     if chosen == "torch":
         return reference()
     dtype = embeddings.dtype if ref_embeddings is None else _args.result_dtype(
@@ -134,22 +146,79 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
     q = embeddings.to(dtype).contiguous()
     r = None if ref_embeddings is None else ref_embeddings.to(dtype).contiguous()
     rl = None if ref_labels is None else ref_labels.to(torch.int64).contiguous()
-    config = (CONTRASTIVE, reduction_id, pos_margin, neg_margin, bool(normalize))
+    config = (CONTRASTIVE, reduction_id, pos_margin, neg_margin, bool(normalize), -1)
     return apply_fused_loss(FAMILY, config, chosen, [q, r, labels.to(torch.int64).contiguous(), rl])
 
 
 def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float, normalize: bool,
                             soft: bool, reduction: str, backend: str | None,
-                            reference: Callable[[], torch.Tensor]) -> torch.Tensor:
+                            reference: Callable[[], torch.Tensor], all_gather: bool = False,
+                            group=None) -> torch.Tensor:
     fn = "batch_hard_triplet_loss"
     _check_embeddings(fn, "embeddings", embeddings)
     _check_labels(fn, "labels", labels, embeddings.shape[0], "embeddings")
     margin = _check_margin(fn, "margin", margin)
     reduction_id = _args.check_reduction(fn, reduction, REDUCTIONS)
     _args.check_same_device(fn, "embeddings", embeddings, labels=labels)
+    if all_gather and distributed.active(group):
+        raise NotImplementedError(f"fastloss.{fn}: all_gather=True is not implemented yet for the batch-hard "
+                                  f"triplet loss (its kernels mine a batch against itself only); "
+                                  f"batch_contrastive_loss, info_nce_loss and nt_xent_loss take it")
     chosen = _backend.resolve(backend, embeddings.device)
     if chosen == "torch":
         return reference()
-    config = (HARD_SOFT_TRIPLET if soft else HARD_TRIPLET, reduction_id, margin, 0.0, bool(normalize))
+    config = (HARD_SOFT_TRIPLET if soft else HARD_TRIPLET, reduction_id, margin, 0.0, bool(normalize), -1)
     return apply_fused_loss(FAMILY, config, chosen, [embeddings.contiguous(), None,
                                                      labels.to(torch.int64).contiguous(), None])
+
+
+# ---- global negatives across processes (fastloss/distributed.py states the contract) ----
+
+def _global_contrastive(fn, x, labels, pos_margin, neg_margin, normalize, reduction_id, backend, group):
+    """This rank's rows against the whole gathered batch as the reference set, their own pairs
+    dropped (they are rows offset.. of it). "sum" and "mean" scale the rank's sum (the global
+    number of pairs for "mean"); AvgNonZero divides the rank's positive and negative sums (each
+    alone: the other part's margin turns it off) by the global counts of costs > 0, all-reduced
+    from a counting sweep (no gradient) - the counts are known only over the whole batch."""
+    counts = distributed.row_counts(fn, "embeddings", x, group)
+    offset, total = distributed.offset_of(counts, group), sum(counts)
+    everything = distributed.gather_rows(x, counts, group)
+    all_labels = distributed.gather_labels(labels, counts, group)
+    world = float(distributed.world_size(group))
+
+    def rank_sum(pos_m, neg_m):
+        if backend == "torch":
+            return plain_formulas.batch_contrastive_loss(x, labels, pos_m, neg_m, normalize, everything, all_labels,
+                                                         "sum", offset)
+        config = (CONTRASTIVE, REDUCTIONS["sum"], pos_m, neg_m, normalize, offset)
+        return apply_fused_loss(FAMILY, config, backend, [x, everything, labels, all_labels])
+
+    if reduction_id == REDUCTIONS["sum"]:
+        return rank_sum(pos_margin, neg_margin) * world
+    if reduction_id == REDUCTIONS["mean"]:
+        pairs = total * (total - 1)
+        return rank_sum(pos_margin, neg_margin) * (world / pairs if pairs else 0.0)
+    with torch.no_grad():
+        if backend == "torch":
+            nonzero = _plain_nonzero_counts(x, labels, everything, all_labels, pos_margin, neg_margin, normalize, offset)
+        else:
+            stats = _forward_op(backend)(x.detach(), everything.detach(), labels, all_labels, CONTRASTIVE,
+                                         REDUCTIONS["sum"], pos_margin, neg_margin, normalize, False, False, offset)[3]
+            nonzero = stats[[1, 3]]
+        pos_count, neg_count = distributed.all_reduce_sum(nonzero, group).tolist()
+    loss = rank_sum(pos_margin, 0.0) * (world / pos_count if pos_count else 0.0)  # positives alone
+    return loss + rank_sum(float("inf"), neg_margin) * (world / neg_count if neg_count else 0.0)  # negatives alone
+
+
+def _plain_nonzero_counts(x, labels, ref, ref_labels, pos_margin, neg_margin, normalize, offset):
+    """The numbers of positive and negative costs > 0 of x's rows against ref (rows offset.. of it
+    being x's own), on the materialised distances: the torch backend's counting."""
+    q, r = (F.normalize(x, dim=1), F.normalize(ref, dim=1)) if normalize else (x, ref)
+    d = plain_formulas.pairwise_distances(q, r)
+    same = labels[:, None] == ref_labels[None, :]
+    rows = torch.arange(x.shape[0], device=x.device)
+    own = torch.zeros_like(same)
+    own[rows, rows + offset] = True
+    pos = ((d - pos_margin > 0) & same & ~own).sum()
+    neg = ((neg_margin - d > 0) & ~same).sum()
+    return torch.stack([pos, neg]).double()
