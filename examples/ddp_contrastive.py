@@ -1,12 +1,13 @@
-"""Global negatives across processes with torch.distributed: two small towers trained CLIP-style
-(fastloss.InfoNCELoss(symmetric=True) and a learnable temperature) on pairs cut from
-scikit-learn's bundled digits (each digit's left half and right half), every rank holding its own
-slice of each batch, with ``all_gather=True``: each rank's rows meet every rank's as negatives, as
-if the whole batch were in one process. DistributedDataParallel averages the gradients; the loss
-printed is the global one (the ranks' losses averaged). Launch:
+"""Global negatives across processes with torch.distributed, on scikit-learn's bundled digits:
+with ``--loss info_nce`` (the default) two small towers trained CLIP-style
+(fastloss.InfoNCELoss(symmetric=True) and a learnable temperature) on each digit's left and right
+halves; with ``--loss contrastive`` one embedding net trained with fastloss.BatchContrastiveLoss on
+the digit labels. Every rank holds its own slice of each batch and passes ``all_gather=True``: its
+rows meet every rank's, as if the whole batch were in one process. DistributedDataParallel
+averages the gradients; the loss printed is the global one (the ranks' losses averaged). Launch:
 
-    torchrun --nproc_per_node 2 examples/ddp_contrastive.py      # CPU processes: gloo
-    torchrun --nproc_per_node 4 examples/ddp_contrastive.py      # one GPU per process: nccl
+    torchrun --nproc_per_node 2 examples/ddp_contrastive.py [--loss contrastive]   # CPU: gloo
+    torchrun --nproc_per_node 4 examples/ddp_contrastive.py                        # GPUs: nccl
 
 Run without torchrun, it trains the same steps in one process on the whole batch: the printed
 losses and the final parameters' checksum are the same (up to float32 rounding).
@@ -36,14 +37,24 @@ class TwoTower(torch.nn.Module):
         return self.left(left), self.right(right), 1 / self.logit_scale.exp()
 
 
-def halves(device):
-    images = torch.tensor(load_digits().data, dtype=torch.float32, device=device) / 16.0
-    grid = images.view(-1, 8, 8)
-    return grid[:, :, :4].reshape(-1, 32), grid[:, :, 4:].reshape(-1, 32)
+class Embedder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        return self.net(images), labels
+
+
+def digits(device):
+    data = load_digits()
+    images = torch.tensor(data.data, dtype=torch.float32, device=device) / 16.0
+    return images, torch.tensor(data.target, device=device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loss", choices=("info_nce", "contrastive"), default="info_nce")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=512, help="the global batch")
     args = parser.parse_args()
@@ -59,22 +70,30 @@ def main() -> None:
     if cuda:
         torch.cuda.set_device(device)
 
-    left, right = halves(device)
+    images, labels = digits(device)
+    grid = images.view(-1, 8, 8)
+    left, right = grid[:, :, :4].reshape(-1, 32), grid[:, :, 4:].reshape(-1, 32)
     torch.manual_seed(0)  # the same initial weights on every rank
-    model = TwoTower().to(device)
+    if args.loss == "info_nce":
+        model = TwoTower().to(device)
+        criterion = fastloss.InfoNCELoss(symmetric=True, normalize=True, all_gather=True)
+        inputs = (left, right)
+    else:
+        model = Embedder().to(device)
+        criterion = fastloss.BatchContrastiveLoss(pos_margin=0.0, neg_margin=1.0, all_gather=True)
+        inputs = (images, labels)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    criterion = fastloss.InfoNCELoss(symmetric=True, normalize=True, all_gather=True)
     if rank == 0:
-        print(f"{world} process(es) on {device.type}, global batch {args.batch} "
+        print(f"{args.loss}: {world} process(es) on {device.type}, global batch {args.batch} "
               f"({' + '.join(str(len(c)) for c in torch.arange(args.batch).chunk(world))} rows per rank)")
     g = torch.Generator().manual_seed(1)
     step = 0
     for epoch in range(args.epochs):
-        order = torch.randperm(len(left), generator=g)
-        for i in range(0, len(left) - args.batch + 1, args.batch):
+        order = torch.randperm(len(images), generator=g)
+        for i in range(0, len(images) - args.batch + 1, args.batch):
             mine = order[i:i + args.batch].chunk(world)[rank].to(device)  # this rank's slice of the batch
-            loss = criterion(*net(left[mine], right[mine]))
+            loss = criterion(*net(*(t[mine] for t in inputs)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -83,8 +102,9 @@ def main() -> None:
                 dist.all_reduce(shown)
                 shown /= world
             if rank == 0 and step % 5 == 0:
-                print(f"step {step:3d}  loss {float(shown):.6f}  temperature "
-                      f"{float(1 / model.logit_scale.detach().exp()):.5f}", flush=True)
+                extra = f"  temperature {float(1 / model.logit_scale.detach().exp()):.5f}" \
+                    if args.loss == "info_nce" else ""
+                print(f"step {step:3d}  loss {float(shown):.6f}{extra}", flush=True)
             step += 1
     checksum = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
     if rank == 0:

@@ -58,16 +58,17 @@ def test_clip_pairs_learns_agrees_with_the_materialised_loss_and_takes_a_large_b
     assert "one step on a batch of 8192 pairs" in out, out
 
 
-def test_ddp_example_under_torchrun_matches_one_process():
+@pytest.mark.parametrize("loss", ["info_nce", "contrastive"])
+def test_ddp_example_under_torchrun_matches_one_process(loss):
     pytest.importorskip("sklearn", reason="the example needs scikit-learn (installed by `make setup`)")
     script = str(ROOT / "examples" / "ddp_contrastive.py")
-    single = subprocess.run([sys.executable, script, "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    args = ["--epochs", "2", "--loss", loss]
+    single = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
-              "--epochs", "2"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
     ranks = subprocess.run(launch, capture_output=True, text=True, timeout=300)
     assert ranks.returncode == 0, ranks.stderr
-    assert "2 process(es) on cpu, global batch 512 (256 + 256 rows per rank)" in ranks.stdout, ranks.stdout
+    assert f"{loss}: 2 process(es) on cpu, global batch 512 (256 + 256 rows per rank)" in ranks.stdout, ranks.stdout
 
     def numbers(out, pattern):
         return [float(v) for v in re.findall(pattern, out)]
