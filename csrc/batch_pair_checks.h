@@ -35,8 +35,8 @@ inline void check_batch_pair_args(const at::Tensor& q, const std::optional<at::T
                 q.size(1), "), got ", r->sizes());
     check_companion("reference embeddings", *r, "embeddings", q);
     check_labels("reference labels", *r_labels, *r);
-    TORCH_CHECK(loss == int64_t(batch::BatchLoss::kContrastive), "fastloss: only the contrastive loss takes a "
-                "reference set");
+    TORCH_CHECK(loss == int64_t(batch::BatchLoss::kContrastive) || self_offset >= 0, "fastloss: the batch-hard "
+                "triplet loss takes a reference set only as the batch that holds its anchors (self_offset >= 0)");
   }
   TORCH_CHECK(self_offset == -1 || (self_offset >= 0 && r.has_value()), "fastloss: self_offset (the queries' "
               "first row in the reference set) must be -1 (none), or >= 0 with a reference set, got ", self_offset);

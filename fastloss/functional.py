@@ -299,8 +299,10 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
         margin: >= 0 (not used when soft).
         normalize: L2-normalise the rows first.
         reduction: "avg_nonzero" (the mean of the costs > 0), "mean" (over the kept anchors), "sum".
-        all_gather: not implemented yet for this loss: in a process group of more than one rank
-            it raises NotImplementedError (outside one, the plain loss).
+        all_gather: in an initialised torch.distributed process group (``group``) of more than
+            one rank: this rank's anchors are mined against every rank's rows (the global batch),
+            the numbers of kept anchors and of costs > 0 are the global ones; the contract of
+            :func:`batch_contrastive_loss` (see fastloss.distributed).
 
     Returns:
         A 0-d tensor in embeddings' dtype. The gradient reaches each anchor, its hardest positive

@@ -169,13 +169,16 @@ class BatchHardTripletLoss(torch.nn.Module):
     :func:`fastloss.batch_hard_triplet_loss`."""
 
     def __init__(self, margin: float = 0.05, *, normalize: bool = True, soft: bool = False,
-                 reduction: str = "avg_nonzero", backend: str = "auto") -> None:
+                 reduction: str = "avg_nonzero", backend: str = "auto", all_gather: bool = False,
+                 group=None) -> None:
         super().__init__()
         self.margin, self.normalize, self.soft, self.reduction, self.backend = margin, normalize, soft, reduction, backend
+        self.all_gather, self.group = all_gather, group
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return functional.batch_hard_triplet_loss(embeddings, labels, self.margin, normalize=self.normalize,
-                                                  soft=self.soft, reduction=self.reduction, backend=self.backend)
+                                                  soft=self.soft, reduction=self.reduction, backend=self.backend,
+                                                  all_gather=self.all_gather, group=self.group)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, normalize={self.normalize}, soft={self.soft}, reduction={self.reduction!r}"

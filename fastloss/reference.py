@@ -203,15 +203,26 @@ def batch_contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, n
     return loss.to(embeddings.dtype)
 
 
-def batch_hard_triplet_loss(embeddings, labels, margin=0.05, normalize=True, soft=False, reduction="avg_nonzero"):
+def batch_hard_triplet_loss(embeddings, labels, margin=0.05, normalize=True, soft=False, reduction="avg_nonzero",
+                            ref_embeddings=None, ref_labels=None, self_offset=0):
     """The batch-hard triplet loss (Hermans et al. 2017) on the materialised distance matrix:
     per anchor its farthest positive and nearest negative (ties to the lowest index), anchors
-    without either left out; max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when soft."""
+    without either left out; max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when soft.
+    The candidates are the batch itself, or ref_embeddings/ref_labels holding the anchors from row
+    self_offset on (an anchor is never its own candidate)."""
     x = F.normalize(embeddings, dim=1) if normalize else embeddings
     if x.shape[0] == 0:
         return x.sum() * 0  # no anchors: 0, with a gradient of zeros
-    d = pairwise_distances(x, x)
-    pos, neg = _in_batch_pairs(labels, labels, True)
+    if ref_embeddings is None:
+        y, ref_labels, self_offset = x, labels, 0
+    else:
+        y = F.normalize(ref_embeddings, dim=1) if normalize else ref_embeddings
+    d = pairwise_distances(x, y)
+    same = labels[:, None] == ref_labels[None, :]
+    rows = torch.arange(x.shape[0], device=x.device)
+    own = torch.zeros_like(same)
+    own[rows, rows + self_offset] = True
+    pos, neg = same & ~own, ~same
     hardest_pos = torch.argmax(torch.where(pos, d, -torch.inf), dim=1, keepdim=True)  # first of the ties
     hardest_neg = torch.argmin(torch.where(neg, d, torch.inf), dim=1, keepdim=True)
     d_ap, d_an = d.gather(1, hardest_pos)[:, 0], d.gather(1, hardest_neg)[:, 0]

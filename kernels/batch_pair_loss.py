@@ -188,26 +188,28 @@ def _contrastive_column_kernel(r_ptr, q_ptr, r_scale_ptr, q_scale_ptr, r_sq_ptr,
 
 
 @triton.jit
-def _hard_mining_kernel(x_ptr, x_scale_ptr, x_sq_ptr, lab_ptr, pos_d_ptr, pos_j_ptr, neg_d_ptr, neg_j_ptr, n, d,
-                        ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _hard_mining_kernel(x_ptr, x_scale_ptr, x_sq_ptr, lab_ptr, y_ptr, y_scale_ptr, y_sq_ptr, y_lab_ptr, pos_d_ptr,
+                        pos_j_ptr, neg_d_ptr, neg_j_ptr, n, m, d, own_offset, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr):
-    """Per anchor row: the largest distance to a positive and the smallest to a negative, ties to
-    the lowest column (a tile replaces the running choice only when strictly harder), a NaN
-    distance the hardest of all (as torch.max and torch.min)."""
+    """Per anchor row of x: the largest distance to a positive and the smallest to a negative
+    among the rows of y (x itself, or a set holding the anchors from row own_offset on: anchor i
+    is never paired with its own row i + own_offset), ties to the lowest column (a tile replaces
+    the running choice only when strictly harder), a NaN distance the hardest of all (as
+    torch.max and torch.min)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     lab = tl.load(lab_ptr + rows, mask=rows < n, other=0)
     best_p = tl.full([BLOCK_M], -INF, ACC)
     best_n = tl.full([BLOCK_M], INF, ACC)
     idx_p = tl.full([BLOCK_M], -1, tl.int64)
     idx_n = tl.full([BLOCK_M], -1, tl.int64)
-    for j0 in range(0, n, BLOCK_N):
+    for j0 in range(0, m, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        dist = _distances(x_ptr, x_ptr, x_scale_ptr, x_scale_ptr, x_sq_ptr, x_sq_ptr, rows, cols, n, n, d, ACC,
+        dist = _distances(x_ptr, y_ptr, x_scale_ptr, y_scale_ptr, x_sq_ptr, y_sq_ptr, rows, cols, n, m, d, ACC,
                           PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-        col_lab = tl.load(lab_ptr + cols, mask=cols < n, other=0)
-        inside = (rows[:, None] < n) & (cols[None, :] < n)
+        col_lab = tl.load(y_lab_ptr + cols, mask=cols < m, other=0)
+        inside = (rows[:, None] < n) & (cols[None, :] < m)
         same = col_lab[None, :] == lab[:, None]
-        cand_p = tl.where(inside & same & (rows[:, None] != cols[None, :]), dist, -INF)
+        cand_p = tl.where(inside & same & (cols[None, :] != rows[:, None] + own_offset), dist, -INF)
         cand_n = tl.where(inside & (col_lab[None, :] != lab[:, None]), dist, INF)
         col64 = cols.to(tl.int64)[None, :]
         # the tile's hardest, lowest column first; a NaN first of all
@@ -348,18 +350,23 @@ def _contrastive(q, r, q_labels, r_labels, reduction, pos_margin, neg_margin, no
     return loss, grad_q, grad_r, sums
 
 
-def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
+def _hard_triplet(x, labels, reduction, margin, soft, normalize, need, y=None, y_labels=None, own_offset=0):
+    """The batch-hard loss of the anchors x against the candidates y (x itself when None, else a
+    set holding the anchors from row own_offset on): (loss, grad_x, grad_y, stats)."""
+    self_ref = y is None
     n, d = x.shape
     acc_tl, acc_torch = _acc_of(x.dtype)
     scale, sq = _row_scales(x, normalize, acc_torch)
+    y, y_labels, own_offset = (x, labels, 0) if self_ref else (y, y_labels, own_offset)
+    y_scale, y_sq = (scale, sq) if self_ref else _row_scales(y, normalize, acc_torch)
     pos_d = torch.full((n,), float("-inf"), dtype=acc_torch, device=x.device)
     neg_d = torch.full((n,), float("inf"), dtype=acc_torch, device=x.device)
     pos_j = torch.full((n,), -1, dtype=torch.int64, device=x.device)
     neg_j = torch.full((n,), -1, dtype=torch.int64, device=x.device)
     if n > 0:
         _hard_mining_kernel[(triton.cdiv(n, BLOCK_M),)](
-            x, scale, sq, labels, pos_d, pos_j, neg_d, neg_j, n, d, ACC=acc_tl, PRECISION=_precision(x.dtype),
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+            x, scale, sq, labels, y, y_scale, y_sq, y_labels, pos_d, pos_j, neg_d, neg_j, n, y.shape[0], d,
+            own_offset, ACC=acc_tl, PRECISION=_precision(x.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
     kept = (pos_j >= 0) & (neg_j >= 0)
     # batch_pair.h's hard_triplet, per anchor
     if soft:
@@ -392,14 +399,19 @@ def _hard_triplet(x, labels, reduction, margin, soft, normalize, need):
     if not need:
         return loss, x.new_empty(0), x.new_empty(0), sums
     xa = x.to(acc_torch) * scale[:, None]  # the rows the distances are of
+    ya = xa if self_ref else y.to(acc_torch) * y_scale[:, None]
     p, q = pos_j.clamp_min(0), neg_j.clamp_min(0)
     cp = torch.where(pos_d > 0, weight / torch.where(pos_d > 0, pos_d, 1.0), 0.0)[:, None]
     cn = torch.where(neg_d > 0, weight / torch.where(neg_d > 0, neg_d, 1.0), 0.0)[:, None]
-    to_p, to_n = xa - xa[p], xa - xa[q]
+    to_p, to_n = xa - ya[p], xa - ya[q]
     grad = cp * to_p - cn * to_n
-    _segment_sum(grad, (-cp * to_p).contiguous(), p)
-    _segment_sum(grad, (cn * to_n).contiguous(), q)
-    return loss, _unit_row_backward(grad, x.to(acc_torch), scale, normalize).to(x.dtype), x.new_empty(0), sums
+    grad_y = grad if self_ref else torch.zeros_like(ya)
+    _segment_sum(grad_y, (-cp * to_p).contiguous(), p)
+    _segment_sum(grad_y, (cn * to_n).contiguous(), q)
+    grad_x = _unit_row_backward(grad, x.to(acc_torch), scale, normalize).to(x.dtype)
+    if self_ref:
+        return loss, grad_x, x.new_empty(0), sums
+    return loss, grad_x, _unit_row_backward(grad_y, y.to(acc_torch), y_scale, normalize).to(y.dtype), sums
 
 
 def batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_b, normalize, need_grad_q,
@@ -410,4 +422,5 @@ def batch_pair_loss(q, r, q_labels, r_labels, loss, reduction, margin_a, margin_
         if loss == CONTRASTIVE:
             return _contrastive(q, r, q_labels, r_labels, reduction, margin_a, margin_b, normalize, need_grad_q,
                                 need_grad_r, self_offset)
-        return _hard_triplet(q, q_labels, reduction, margin_a, loss == HARD_SOFT_TRIPLET, normalize, need_grad_q)
+        return _hard_triplet(q, q_labels, reduction, margin_a, loss == HARD_SOFT_TRIPLET, normalize,
+                             need_grad_q or need_grad_r, r, r_labels, max(self_offset, 0))

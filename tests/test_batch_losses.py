@@ -430,3 +430,22 @@ def test_bad_input():
         fastloss.batch_hard_triplet_loss(x, y, margin=-0.1)
     with pytest.raises(RuntimeError, match=r"labels must be on the same device as embeddings \(cpu\), got meta"):
         fastloss.batch_contrastive_loss(x, y.to("meta"))
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("loss", [0, 1, 2], ids=["contrastive", "hard", "hard-soft"])
+def test_opcheck_against_a_set_holding_the_queries(backend_device, loss):
+    """The op's reference-set form with self_offset (a rank's rows against the gathered batch):
+    opcheck, and the stats it returns against the reduced values."""
+    backend, device = backend_device
+    op = getattr(torch.ops.fastloss, FORWARD_OPS[backend])
+    r = torch.randn(17, 6, device=device)
+    ry = torch.randint(0, 3, (17,), device=device)
+    q, qy = r[5:12].clone(), ry[5:12].clone()
+    opcheck(op, (q, r, qy, ry, loss, 3, 0.2, 0.9, True, True, True, 5))
+    total, _, _, stats = op(q, r, qy, ry, loss, 2, 0.2, 0.9, True, False, False, 5)
+    torch.testing.assert_close(total.double(), stats[4], rtol=1e-6, atol=1e-6)
+    mean = op(q, r, qy, ry, loss, 1, 0.2, 0.9, True, False, False, 5)[0]
+    # the mean's count: every pair but the 7 rows' own (contrastive), the kept anchors (batch-hard)
+    count = 7 * 17 - 7 if loss == 0 else float(stats[1])
+    torch.testing.assert_close(mean.double(), stats[4] / count, rtol=1e-6, atol=1e-6)

@@ -284,32 +284,70 @@ def contrastive_batch(seed, sizes, d=5):
     return x, y
 
 
+def assert_ranks_match(per_rank, index, oracle, x, sizes, what):
+    """The mean over the ranks of their losses is the oracle's on the whole batch, and each rank's
+    gradient / world (DDP's average) the oracle's for its rows."""
+    xd = x.float().double().requires_grad_()  # the values the ranks saw (float32)
+    expected = oracle(xd)
+    expected.backward()
+    mean = torch.stack([r[index][0] for r in per_rank]).double().mean()
+    torch.testing.assert_close(mean, expected.detach(), rtol=2e-5, atol=2e-6, msg=what)
+    for rank, s in enumerate(slices(sizes)):
+        torch.testing.assert_close(per_rank[rank][index][1].double() / len(sizes), xd.grad[s], rtol=2e-4, atol=2e-6,
+                                   msg=what)
+
+
 @pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4]], ids=["2-ranks", "3-ranks"])
 def test_global_contrastive_equals_the_single_process_loss(sizes):
-    world, seed = len(sizes), 3
-    per_rank = run_ranks(world, _local_contrastive, sizes, seed)
-    x, y = contrastive_batch(seed, sizes)
+    per_rank = run_ranks(len(sizes), _local_contrastive, sizes, 3)
+    x, y = contrastive_batch(3, sizes)
     for index, (reduction, normalize, backend) in enumerate(CONTRASTIVE_CASES):
-        what = f"contrastive {reduction} normalize={normalize} {backend}"
-        xd = x.float().double().requires_grad_()
-        expected = contrastive_oracle(xd, y, 0.3, 0.9, normalize, reduction)
-        expected.backward()
-        mean = torch.stack([r[index][0] for r in per_rank]).double().mean()
-        torch.testing.assert_close(mean, expected.detach(), rtol=2e-5, atol=2e-6, msg=what)
-        for rank, s in enumerate(slices(sizes)):
-            torch.testing.assert_close(per_rank[rank][index][1].double() / world, xd.grad[s], rtol=2e-4, atol=2e-6,
-                                       msg=what)
+        assert_ranks_match(per_rank, index, lambda xd: contrastive_oracle(xd, y, 0.3, 0.9, normalize, reduction),
+                           x, sizes, f"contrastive {reduction} normalize={normalize} {backend}")
 
 
-def _hard_triplet_refuses(rank, world):
-    x = torch.randn(4, 3)
-    try:
-        fastloss.batch_hard_triplet_loss(x, torch.arange(4) % 2, all_gather=True)
-    except NotImplementedError as exc:
-        return str(exc)
-    return "no error"
+def hard_triplet_oracle(x, y, margin, soft, normalize, reduction):
+    """Hermans et al.'s batch-hard triplet loss, written here on the whole float64 matrix: per
+    anchor the farthest positive and the nearest negative (exact distances; ties to the lowest
+    index), anchors without either left out."""
+    q = F.normalize(x, dim=1) if normalize else x
+    d = torch.cdist(q, q, compute_mode="donot_use_mm_for_euclid_dist")
+    costs = []
+    for i in range(len(y)):
+        positives = [j for j in range(len(y)) if j != i and y[j] == y[i]]
+        negatives = [j for j in range(len(y)) if y[j] != y[i]]
+        if positives and negatives:
+            p = max(positives, key=lambda j: (float(d[i, j]), -j))
+            n = min(negatives, key=lambda j: (float(d[i, j]), j))
+            v = d[i, p] - d[i, n]
+            costs.append(F.softplus(v) if soft else (v + margin).clamp_min(0))
+    c = torch.stack(costs)
+    if reduction == "avg_nonzero":
+        return c[c > 0].sum() / max(int((c > 0).sum()), 1)
+    return c.sum() / len(costs) if reduction == "mean" else c.sum()
 
 
-def test_batch_hard_with_all_gather_says_it_is_not_implemented():
-    for message in run_ranks(2, _hard_triplet_refuses):
-        assert "all_gather=True is not implemented yet for the batch-hard triplet loss" in message
+HARD_CASES = [(reduction, soft, backend) for reduction in ("avg_nonzero", "mean", "sum") for soft in (False, True)
+              for backend in BACKENDS]
+
+
+def _local_hard_triplet(rank, world, sizes, seed):
+    out = []
+    for reduction, soft, backend in HARD_CASES:
+        x, y = contrastive_batch(seed, sizes)
+        mine = slices(sizes)[rank]
+        xl = x[mine].float().requires_grad_()
+        loss = fastloss.batch_hard_triplet_loss(xl, y[mine], 0.4, soft=soft, reduction=reduction, backend=backend,
+                                                all_gather=True)
+        loss.backward()
+        out.append((loss.detach(), xl.grad))
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4]], ids=["2-ranks", "3-ranks"])
+def test_global_batch_hard_equals_the_single_process_loss(sizes):
+    per_rank = run_ranks(len(sizes), _local_hard_triplet, sizes, 5)
+    x, y = contrastive_batch(5, sizes)
+    for index, (reduction, soft, backend) in enumerate(HARD_CASES):
+        assert_ranks_match(per_rank, index, lambda xd: hard_triplet_oracle(xd, y, 0.4, soft, True, reduction),
+                           x, sizes, f"batch-hard {reduction} soft={soft} {backend}")

@@ -319,23 +319,29 @@ std::tuple<double, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, cons
 
 // The batch-hard triplet loss: the mining sweep, each anchor's cost, and (as if grad_output
 // were 1) the gradient, which goes to each anchor, its hardest positive and its hardest
-// negative. Its O(N D) scatter runs over the anchors in index order for every column of D
-// (the columns in parallel): the same bits for any thread count.
+// negative. The anchors are the rows of x; the candidates the rows of y (x itself, or a
+// reference set holding the anchors from row self_offset on), an anchor never its own candidate.
+// Its O(N D) scatter runs over the anchors in index order for every column of D (the columns in
+// parallel): the same bits for any thread count. Returns the gradients of x and of y (one tensor
+// when y is x).
 template <typename T>
-std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& ids, int64_t reduction,
-                                                          double margin, bool soft, bool normalize, bool need,
-                                                          double* sums_out) {
+std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& y, bool self,
+                                                          const at::Tensor& ids, const at::Tensor& y_ids,
+                                                          int64_t self_offset, int64_t reduction, double margin,
+                                                          bool soft, bool normalize, bool need, double* sums_out) {
   const int64_t n = x.size(0), d = x.size(1);
   const ScalarKind kind = std::is_same_v<T, double> ? ScalarKind::kDouble : ScalarKind::kFloat;
   const PairTileFn tile = kernels_for_this_cpu().pair_tile(kind, /*hard_mining=*/true);
   const std::pair<at::Tensor, at::Tensor> rows_of_x = row_scales<T>(x, normalize);
+  const std::pair<at::Tensor, at::Tensor> rows_of_y = self ? rows_of_x : row_scales<T>(y, normalize);
   const at::Tensor &scale = rows_of_x.first, &sq = rows_of_x.second;
+  const at::Tensor &y_scale = rows_of_y.first, &y_sq = rows_of_y.second;
+  const int64_t own = self ? 0 : self_offset;  // anchor i's own row in y
   const T inf = std::numeric_limits<T>::infinity();
   std::vector<T> pos_d(size_t(n), -inf), neg_d(size_t(n), inf);
   std::vector<int64_t> pos_j(size_t(n), -1), neg_j(size_t(n), -1);
-  for_each_tile<T>(x, x, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    PairTileArgs a = tile_args<T>(s, {scale, sq, ids}, {scale, sq, ids}, i0, rows, j0, cols,
-                                  /*dropped=*/int64_t(0));
+  for_each_tile<T>(x, y, [&](Scratch<T>& s, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    PairTileArgs a = tile_args<T>(s, {scale, sq, ids}, {y_scale, y_sq, y_ids}, i0, rows, j0, cols, own);
     a.col0 = j0;
     a.pos_d = pos_d.data() + i0;
     a.pos_j = pos_j.data() + i0;
@@ -381,9 +387,10 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
   }
   if (!need) return {value, at::Tensor(), at::Tensor()};
   at::Tensor grad = at::zeros({n, d}, x.options());
-  const T* v = x.data_ptr<T>();
-  const T* sc = scale.data_ptr<T>();
-  T* g = grad.data_ptr<T>();
+  at::Tensor grad_y = self ? grad : at::zeros({y.size(0), d}, y.options());
+  const T *v = x.data_ptr<T>(), *vy = y.data_ptr<T>();
+  const T *sc = scale.data_ptr<T>(), *scy = y_scale.data_ptr<T>();
+  T *g = grad.data_ptr<T>(), *gy = grad_y.data_ptr<T>();
   at::parallel_for(0, d, 16, [&](int64_t k0, int64_t k1) {  // in the scaled rows u = x scale
     for (int64_t i = 0; i < n; ++i) {
       const T w = weight[size_t(i)];
@@ -392,15 +399,17 @@ std::tuple<double, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, con
       const T cp = batch::over_distance(w, pos_d[size_t(i)]), cn = batch::over_distance(w, neg_d[size_t(i)]);
       for (int64_t k = k0; k < k1; ++k) {
         const T u = v[i * d + k] * sc[i];
-        const T to_p = u - v[p * d + k] * sc[p], to_n = u - v[q * d + k] * sc[q];
+        const T to_p = u - vy[p * d + k] * scy[p], to_n = u - vy[q * d + k] * scy[q];
         g[i * d + k] += cp * to_p - cn * to_n;
-        g[p * d + k] -= cp * to_p;
-        g[q * d + k] += cn * to_n;
+        gy[p * d + k] -= cp * to_p;
+        gy[q * d + k] += cn * to_n;
       }
     }
   });
   if (normalize) unit_row_backward<T>(grad, x, scale);
-  return {value, grad, at::Tensor()};
+  if (self) return {value, grad, at::Tensor()};
+  if (normalize) unit_row_backward<T>(grad_y, y, y_scale);
+  return {value, grad, grad_y};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
@@ -423,9 +432,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cpu(
       result = contrastive<scalar_t>(qa, ra, self, q_ids, r_ids, reduction, margin_a, margin_b, normalize,
                                      need_grad_q, need_grad_r, self_offset, sums.data_ptr<double>());
     } else {
-      result = hard_triplet<scalar_t>(qa, q_ids, reduction, margin_a,
+      // (need_grad_r implies need_grad_q here: the anchors' and candidates' parts come together)
+      result = hard_triplet<scalar_t>(qa, ra, self, q_ids, r_ids, self_offset, reduction, margin_a,
                                       static_cast<batch::BatchLoss>(loss) == batch::BatchLoss::kHardSoftTriplet,
-                                      normalize, need_grad_q, sums.data_ptr<double>());
+                                      normalize, need_grad_q || need_grad_r, sums.data_ptr<double>());
     }
   });
   at::Tensor value = at::empty({}, opts);

@@ -318,21 +318,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive(const at::Tensor& q, 
   return {value, grad_q, grad_r};
 }
 
+// The anchors are the rows of x, the candidates the rows of y (x itself, or a reference set that
+// holds the anchors from row self_offset on); returns the gradients of x and of y (y's undefined
+// when y is x: the one gradient holds both parts).
 template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& lab,
-                                                              int64_t reduction, double margin, bool soft,
-                                                              bool normalize, bool need, at::Tensor& sums_out,
-                                                              cudaStream_t stream) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x, const at::Tensor& y, bool self,
+                                                              const at::Tensor& lab, const at::Tensor& y_lab,
+                                                              int64_t self_offset, int64_t reduction, double margin,
+                                                              bool soft, bool normalize, bool need,
+                                                              at::Tensor& sums_out, cudaStream_t stream) {
   const int64_t n = x.size(0);
   const auto [scale, sq] = row_scales(x, normalize);
+  const auto [y_scale, y_sq] = self ? std::pair{scale, sq} : row_scales(y, normalize);
+  const int64_t own = self ? 0 : self_offset;  // anchor i's own row in y
   const double inf = std::numeric_limits<double>::infinity();
   at::Tensor pos_d = at::full({n}, -inf, x.options()), neg_d = at::full({n}, inf, x.options());
   at::Tensor pos_j = at::full({n}, -1, lab.options()), neg_j = at::full({n}, -1, lab.options());
-  for_each_tile(x, x, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
+  for_each_tile(x, y, [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols, const at::Tensor& dots) {
     hard_mining_epilogue<T><<<unsigned(rows), kThreads, 0, stream>>>(
-        dots.data_ptr<T>(), cols, j0, scale.data_ptr<T>() + i0, scale.data_ptr<T>() + j0, sq.data_ptr<T>() + i0,
-        sq.data_ptr<T>() + j0, lab.data_ptr<int64_t>() + i0,
-        lab.data_ptr<int64_t>() + j0, i0 - j0, pos_d.data_ptr<T>() + i0, pos_j.data_ptr<int64_t>() + i0,
+        dots.data_ptr<T>(), cols, j0, scale.data_ptr<T>() + i0, y_scale.data_ptr<T>() + j0, sq.data_ptr<T>() + i0,
+        y_sq.data_ptr<T>() + j0, lab.data_ptr<int64_t>() + i0,
+        y_lab.data_ptr<int64_t>() + j0, i0 + own - j0, pos_d.data_ptr<T>() + i0, pos_j.data_ptr<int64_t>() + i0,
         neg_d.data_ptr<T>() + i0, neg_j.data_ptr<int64_t>() + i0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -379,11 +385,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_triplet(const at::Tensor& x,
   cp = cp.unsqueeze(1);
   cn = cn.unsqueeze(1);
   const at::Tensor u = x * scale.unsqueeze(1);  // the rows the distances are of
-  const at::Tensor to_p = u - u.index_select(0, p), to_n = u - u.index_select(0, q);
+  const at::Tensor uy = self ? u : y * y_scale.unsqueeze(1);
+  const at::Tensor to_p = u - uy.index_select(0, p), to_n = u - uy.index_select(0, q);
   at::Tensor grad = cp * to_p - cn * to_n;
-  add_segment_sum<T>(grad, (-cp * to_p).contiguous(), p, stream);
-  add_segment_sum<T>(grad, (cn * to_n).contiguous(), q, stream);
-  return {value, unit_row_backward(grad, x, scale, normalize), at::Tensor()};
+  at::Tensor grad_y = self ? grad : at::zeros_like(y);
+  add_segment_sum<T>(grad_y, (-cp * to_p).contiguous(), p, stream);
+  add_segment_sum<T>(grad_y, (cn * to_n).contiguous(), q, stream);
+  if (self) return {value, unit_row_backward(grad, x, scale, normalize), at::Tensor()};
+  return {value, unit_row_backward(grad, x, scale, normalize), unit_row_backward(grad_y, y, y_scale, normalize)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cuda(
@@ -407,7 +416,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_pair_loss_cuda(
     return loss == int64_t(batch::BatchLoss::kContrastive)
                ? contrastive<T>(qa, ra, self, q_labels, rl, reduction, margin_a, margin_b, normalize, need_grad_q,
                                 need_grad_r, self_offset, sums, stream)
-               : hard_triplet<T>(qa, q_labels, reduction, margin_a, soft, normalize, need_grad_q, sums, stream);
+               : hard_triplet<T>(qa, ra, self, q_labels, rl, self_offset, reduction, margin_a, soft, normalize,
+                                 need_grad_q || need_grad_r, sums, stream);
   };
   const std::tuple<at::Tensor, at::Tensor, at::Tensor> result = acc == at::kDouble ? run(0.0) : run(0.0f);
   const auto opts = q.options();

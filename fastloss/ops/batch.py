@@ -78,7 +78,7 @@ def _plain(config: tuple, tensors) -> torch.Tensor:
         return plain_formulas.batch_contrastive_loss(q, q_labels, margin_a, margin_b, normalize, r, r_labels,
                                                      reduction, None if self_offset < 0 else self_offset)
     return plain_formulas.batch_hard_triplet_loss(q, q_labels, margin_a, normalize, loss == HARD_SOFT_TRIPLET,
-                                                  reduction)
+                                                  reduction, r, r_labels, max(self_offset, 0))
 
 
 # The fused op differentiates q and r, the first two tensors.
@@ -160,11 +160,10 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     margin = _check_margin(fn, "margin", margin)
     reduction_id = _args.check_reduction(fn, reduction, REDUCTIONS)
     _args.check_same_device(fn, "embeddings", embeddings, labels=labels)
-    if all_gather and distributed.active(group):
-        raise NotImplementedError(f"fastloss.{fn}: all_gather=True is not implemented yet for the batch-hard "
-                                  f"triplet loss (its kernels mine a batch against itself only); "
-                                  f"batch_contrastive_loss, info_nce_loss and nt_xent_loss take it")
     chosen = _backend.resolve(backend, embeddings.device)
+    if all_gather and distributed.active(group):
+        return _global_hard_triplet(fn, embeddings.contiguous(), labels.to(torch.int64).contiguous(), margin,
+                                    bool(soft), bool(normalize), reduction_id, chosen, group)
     if chosen == "torch":
         return reference()
     config = (HARD_SOFT_TRIPLET if soft else HARD_TRIPLET, reduction_id, margin, 0.0, bool(normalize), -1)
@@ -210,15 +209,64 @@ def _global_contrastive(fn, x, labels, pos_margin, neg_margin, normalize, reduct
     return loss + rank_sum(float("inf"), neg_margin) * (world / neg_count if neg_count else 0.0)  # negatives alone
 
 
-def _plain_nonzero_counts(x, labels, ref, ref_labels, pos_margin, neg_margin, normalize, offset):
-    """The numbers of positive and negative costs > 0 of x's rows against ref (rows offset.. of it
-    being x's own), on the materialised distances: the torch backend's counting."""
+def _plain_pairs(x, labels, ref, ref_labels, normalize, offset):
+    """The materialised distances of x's rows to ref's (rows offset.. of ref being x's own), and
+    the positive (same label, not the own row) and negative pairs: the torch backend's counting."""
     q, r = (F.normalize(x, dim=1), F.normalize(ref, dim=1)) if normalize else (x, ref)
     d = plain_formulas.pairwise_distances(q, r)
     same = labels[:, None] == ref_labels[None, :]
     rows = torch.arange(x.shape[0], device=x.device)
     own = torch.zeros_like(same)
     own[rows, rows + offset] = True
-    pos = ((d - pos_margin > 0) & same & ~own).sum()
-    neg = ((neg_margin - d > 0) & ~same).sum()
+    return d, same & ~own, ~same
+
+
+def _plain_nonzero_counts(x, labels, ref, ref_labels, pos_margin, neg_margin, normalize, offset):
+    """The numbers of positive and negative costs > 0 of x's rows against ref."""
+    d, pos_pairs, neg_pairs = _plain_pairs(x, labels, ref, ref_labels, normalize, offset)
+    pos = ((d - pos_margin > 0) & pos_pairs).sum()
+    neg = ((neg_margin - d > 0) & neg_pairs).sum()
     return torch.stack([pos, neg]).double()
+
+
+def _global_hard_triplet(fn, x, labels, margin, soft, normalize, reduction_id, backend, group):
+    """This rank's anchors mined against the whole gathered batch (their own rows, offset.. of it,
+    left out); the rank's sum of costs scaled by the world size over the global number of kept
+    anchors ("mean") or of costs > 0 (AvgNonZero: the other anchors add nothing, to the value or
+    the gradient), all-reduced from a mining sweep without gradient."""
+    counts = distributed.row_counts(fn, "embeddings", x, group)
+    offset = distributed.offset_of(counts, group)
+    everything = distributed.gather_rows(x, counts, group)
+    all_labels = distributed.gather_labels(labels, counts, group)
+    world = float(distributed.world_size(group))
+    loss_id = HARD_SOFT_TRIPLET if soft else HARD_TRIPLET
+    scale = world
+    if reduction_id != REDUCTIONS["sum"]:
+        with torch.no_grad():
+            if backend == "torch":
+                kept, nonzero = _plain_hard_counts(x, labels, everything, all_labels, margin, soft, normalize, offset)
+                local = torch.stack([kept, nonzero]).double()
+            else:
+                stats = _forward_op(backend)(x.detach(), everything.detach(), labels, all_labels, loss_id,
+                                             REDUCTIONS["sum"], margin, 0.0, normalize, False, False, offset)[3]
+                local = stats[[1, 3]]
+            kept, nonzero = distributed.all_reduce_sum(local, group).tolist()
+        count = kept if reduction_id == REDUCTIONS["mean"] else nonzero
+        scale = world / count if count else 0.0
+    if backend == "torch":
+        rank_sum = plain_formulas.batch_hard_triplet_loss(x, labels, margin, normalize, soft, "sum", everything,
+                                                          all_labels, offset)
+    else:
+        config = (loss_id, REDUCTIONS["sum"], margin, 0.0, normalize, offset)
+        rank_sum = apply_fused_loss(FAMILY, config, backend, [x, everything, labels, all_labels])
+    return rank_sum * scale
+
+
+def _plain_hard_counts(x, labels, ref, ref_labels, margin, soft, normalize, offset):
+    """The numbers of kept anchors and of costs > 0 of x's anchors against ref, materialised."""
+    d, pos, neg = _plain_pairs(x, labels, ref, ref_labels, normalize, offset)
+    kept = pos.any(1) & neg.any(1)
+    d_ap = torch.where(pos, d, -torch.inf).max(1).values
+    d_an = torch.where(neg, d, torch.inf).min(1).values
+    costs = F.softplus(d_ap - d_an) if soft else F.relu(d_ap - d_an + margin)
+    return kept.sum(), (kept & (costs > 0)).sum()
