@@ -2,8 +2,10 @@
 autograd, and the entry points that functional.py calls.
 
 Contract (csrc/ops.cpp): batch_pair_loss(q, r?, q_labels, r_labels?, loss, reduction, margin_a,
-margin_b, normalize, need_grad_q, need_grad_r) -> (loss, grad_q, grad_r), computed tile by tile
-without the N x M matrix (csrc/formulas/batch_pair.h). The kernels normalise the rows themselves
+margin_b, normalize, need_grad_q, need_grad_r, self_offset=-1) -> (loss, grad_q, grad_r, stats),
+computed tile by tile without the N x M matrix (csrc/formulas/batch_pair.h); self_offset: q is
+r's rows from there on (a rank's rows against the gathered batch), stats the sums the reductions
+divide (the distributed losses all-reduce them). The kernels normalise the rows themselves
 (a scale per row applied to the tiles, and F.normalize's backward in the gradient), so no
 normalised copy of the embeddings is made. Gradients are written in the forward pass; backward
 rescales them (pointwise.py's scale_grad_ ops). Autograd, create_graph and the torch.func
