@@ -126,11 +126,14 @@ def _unit_rows(x: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 def _unit_rows_backward_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """F.normalize's backward in place over grad (d loss / d unit rows -> d loss / d x):
-    (g - u (u . g)) / max(|x|, eps), without the projection where the norm was clamped."""
+    (g - u (u . g)) / max(|x|, eps) with u = x / max(|x|, eps), without the projection where the
+    norm was clamped. No temporary of x's size: the row dots by a batched product, the update by
+    addcmul_ with a per-row factor."""
     norm = x.norm(dim=1, keepdim=True)
     denom = norm.clamp_min(NORM_EPS)
-    u_dot_g = ((x / denom) * grad).sum(dim=1, keepdim=True).masked_fill_(~(norm > NORM_EPS), 0)
-    return grad.addcmul_(x / denom, u_dot_g, value=-1).div_(denom)
+    x_dot_g = torch.bmm(x.unsqueeze(1), grad.unsqueeze(2)).squeeze(2)  # (n, 1)
+    factor = (x_dot_g / (denom * denom)).masked_fill_(~(norm > NORM_EPS), 0)
+    return grad.addcmul_(x, factor, value=-1).div_(denom)
 
 
 def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
