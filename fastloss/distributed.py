@@ -36,16 +36,25 @@ def _comm_dtype(dtype: torch.dtype, group) -> torch.dtype:
     return dtype
 
 
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def row_counts(fn: str, name: str, x: torch.Tensor, group=None) -> list[int]:
     """Every rank's number of rows of x (ranks may hold different batch sizes); checks that the
-    widths agree, on every rank, so that a mismatch is an error everywhere, not a hang."""
-    shape = torch.tensor([x.shape[0], x.shape[1] if x.dim() > 1 else -1], dtype=torch.int64, device=x.device)
+    widths and dtypes agree, on every rank, so that a mismatch is an error everywhere, not a hang."""
+    code = _DTYPES.index(x.dtype) if x.dtype in _DTYPES else -1
+    shape = torch.tensor([x.shape[0], x.shape[1] if x.dim() > 1 else -1, code], dtype=torch.int64, device=x.device)
     parts = [torch.empty_like(shape) for _ in range(world_size(group))]
     dist.all_gather(parts, shape, group=group)
-    counts, widths = [int(p[0]) for p in parts], [int(p[1]) for p in parts]
+    counts, widths, codes = [int(p[0]) for p in parts], [int(p[1]) for p in parts], [int(p[2]) for p in parts]
+    last = len(widths) - 1
     if len(set(widths)) != 1:
         raise ValueError(f"fastloss.{fn}: all_gather=True needs {name} of the same width on every rank, got widths "
-                         f"{widths} on ranks 0..{len(widths) - 1}")
+                         f"{widths} on ranks 0..{last}")
+    if len(set(codes)) != 1:
+        names = [str(_DTYPES[c]).replace("torch.", "") if c >= 0 else "other" for c in codes]
+        raise ValueError(f"fastloss.{fn}: all_gather=True needs {name} of one dtype on every rank, got {names} on "
+                         f"ranks 0..{last}")
     return counts
 
 

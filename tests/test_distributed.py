@@ -236,6 +236,20 @@ def test_mismatched_widths_fail_on_every_rank_instead_of_hanging():
         assert "all_gather=True needs query of the same width on every rank, got widths [5, 6]" in m, m
 
 
+def _mismatched_dtype(rank, world):
+    x = torch.randn(4, 5, dtype=torch.float32 if rank == 0 else torch.float64)
+    try:
+        fastloss.batch_contrastive_loss(x, torch.arange(4) % 2, all_gather=True)
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_mismatched_dtypes_fail_on_every_rank_instead_of_hanging():
+    for m in run_ranks(2, _mismatched_dtype):
+        assert "needs embeddings of one dtype on every rank, got ['float32', 'float64']" in m, m
+
+
 def test_outside_a_process_group_all_gather_is_the_plain_loss():
     q, k = torch.randn(5, 3), torch.randn(7, 3)
     torch.testing.assert_close(fastloss.info_nce_loss(q, k, all_gather=True), fastloss.info_nce_loss(q, k))
@@ -297,7 +311,7 @@ def assert_ranks_match(per_rank, index, oracle, x, sizes, what):
                                    msg=what)
 
 
-@pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4]], ids=["2-ranks", "3-ranks"])
+@pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4], [5, 0, 4]], ids=["2-ranks", "3-ranks", "an-empty-rank"])
 def test_global_contrastive_equals_the_single_process_loss(sizes):
     per_rank = run_ranks(len(sizes), _local_contrastive, sizes, 3)
     x, y = contrastive_batch(3, sizes)
@@ -344,7 +358,7 @@ def _local_hard_triplet(rank, world, sizes, seed):
     return out
 
 
-@pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4]], ids=["2-ranks", "3-ranks"])
+@pytest.mark.parametrize("sizes", [[6, 3], [2, 7, 4], [5, 0, 4]], ids=["2-ranks", "3-ranks", "an-empty-rank"])
 def test_global_batch_hard_equals_the_single_process_loss(sizes):
     per_rank = run_ranks(len(sizes), _local_hard_triplet, sizes, 5)
     x, y = contrastive_batch(5, sizes)

@@ -179,6 +179,7 @@ segment_sum(const T* __restrict__ src, const int64_t* __restrict__ order, const 
 template <typename T>
 void add_segment_sum(at::Tensor& out, const at::Tensor& src, const at::Tensor& target, cudaStream_t stream) {
   const int64_t n = out.size(0), d = out.size(1);
+  if (n == 0 || d == 0) return;  // nothing to add to (and a grid of 0 blocks is no launch)
   const at::Tensor order = std::get<1>(at::sort(target, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   at::Tensor offsets = at::zeros({n + 1}, target.options());
   offsets.narrow(0, 1, n).copy_(at::cumsum(at::bincount(target, {}, n), 0));

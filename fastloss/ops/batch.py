@@ -255,9 +255,9 @@ def _global_hard_triplet(fn, x, labels, margin, soft, normalize, reduction_id, b
             kept, nonzero = distributed.all_reduce_sum(local, group).tolist()
         count = kept if reduction_id == REDUCTIONS["mean"] else nonzero
         scale = world / count if count else 0.0
-    if backend == "torch":
+    if backend == "torch":  # (+ 0 * the gathered rows: a rank without anchors still joins their backward)
         rank_sum = plain_formulas.batch_hard_triplet_loss(x, labels, margin, normalize, soft, "sum", everything,
-                                                          all_labels, offset)
+                                                          all_labels, offset) + everything.sum() * 0
     else:
         config = (loss_id, REDUCTIONS["sum"], margin, 0.0, normalize, offset)
         rank_sum = apply_fused_loss(FAMILY, config, backend, [x, everything, labels, all_labels])

@@ -129,10 +129,12 @@ def _unit_rows_backward_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     (g - u (u . g)) / max(|x|, eps) with u = x / max(|x|, eps), without the projection where the
     norm was clamped. No temporary of x's size: the row dots by a batched product, the update by
     addcmul_ with a per-row factor."""
+    if x.dtype in (torch.float16, torch.bfloat16):  # |x|^2 and x . g would overflow or underflow there
+        return grad.copy_(_unit_rows_backward_(grad.float(), x.float()))
     norm = x.norm(dim=1, keepdim=True)
     denom = norm.clamp_min(NORM_EPS)
     x_dot_g = torch.bmm(x.unsqueeze(1), grad.unsqueeze(2)).squeeze(2)  # (n, 1)
-    factor = (x_dot_g / (denom * denom)).masked_fill_(~(norm > NORM_EPS), 0)
+    factor = (x_dot_g / denom / denom).masked_fill_(~(norm > NORM_EPS), 0)  # (x.g / d) / d, as torch
     return grad.addcmul_(x, factor, value=-1).div_(denom)
 
 
