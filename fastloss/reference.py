@@ -166,6 +166,16 @@ def _in_batch_pairs(labels, ref_labels, self_reference):
     return same, ~same
 
 
+def own_pairs(n, m, offset, device):
+    """The n x m mask of the pairs (i, i + offset): a query's own row in a reference set holding
+    the queries from row offset on (the rows past m have none)."""
+    rows = torch.arange(n, device=device)
+    inside = rows + offset < m
+    mask = torch.zeros(n, m, dtype=torch.bool, device=device)
+    mask[rows[inside], rows[inside] + offset] = True
+    return mask
+
+
 def _avg_nonzero(costs):
     """pytorch-metric-learning's AvgNonZero: the mean of the costs > 0, or 0 when there are none."""
     nonzero = costs > 0
@@ -187,11 +197,7 @@ def batch_contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, n
     d = pairwise_distances(q, r)
     pos, neg = _in_batch_pairs(labels, ref_labels, self_reference)
     if self_offset is not None and not self_reference:
-        rows = torch.arange(q.shape[0], device=q.device)
-        own = torch.zeros_like(pos)
-        inside = rows + self_offset < r.shape[0]
-        own[rows[inside], rows[inside] + self_offset] = True
-        pos = pos & ~own
+        pos = pos & ~own_pairs(q.shape[0], r.shape[0], self_offset, q.device)
     pos_costs = torch.where(pos, F.relu(d - pos_margin), 0.0)
     neg_costs = torch.where(neg, F.relu(neg_margin - d), 0.0)
     if reduction == "avg_nonzero":
@@ -219,10 +225,7 @@ def batch_hard_triplet_loss(embeddings, labels, margin=0.05, normalize=True, sof
         y = F.normalize(ref_embeddings, dim=1) if normalize else ref_embeddings
     d = pairwise_distances(x, y)
     same = labels[:, None] == ref_labels[None, :]
-    rows = torch.arange(x.shape[0], device=x.device)
-    own = torch.zeros_like(same)
-    own[rows, rows + self_offset] = True
-    pos, neg = same & ~own, ~same
+    pos, neg = same & ~own_pairs(x.shape[0], y.shape[0], self_offset, x.device), ~same
     hardest_pos = torch.argmax(torch.where(pos, d, -torch.inf), dim=1, keepdim=True)  # first of the ties
     hardest_neg = torch.argmin(torch.where(neg, d, torch.inf), dim=1, keepdim=True)
     d_ap, d_an = d.gather(1, hardest_pos)[:, 0], d.gather(1, hardest_neg)[:, 0]
@@ -281,8 +284,7 @@ def softmax_rows_against_set(rows, ref, temperature, pos_offset=0, pos_period=No
     logits = rows @ ref.T / temperature
     index = torch.arange(rows.shape[0], device=rows.device)
     if self_offset is not None:
-        dropped = torch.zeros_like(logits, dtype=torch.bool)
-        dropped[index, index + self_offset] = True
+        dropped = own_pairs(rows.shape[0], ref.shape[0], self_offset, rows.device)
         logits = logits.masked_fill(dropped, float("-inf"))
     target = index + pos_offset
     if pos_period is not None:

@@ -18,11 +18,11 @@
 
 #include "../batch_pair_checks.h"
 #include "common.cuh"
+#include "tiles.cuh"
 
 namespace fastloss::cuda {
 namespace {
 
-constexpr int64_t kTile = 4096;
 constexpr int kStats = 7;  // positive costs > 0 (sum, count), negative (sum, count), all, two coefficient row sums
 
 template <typename T>
@@ -208,23 +208,6 @@ at::Tensor unit_row_backward(const at::Tensor& g, const at::Tensor& x, const at:
   const at::Tensor along = at::where(x.square().sum(1) > kNormEps * kNormEps, (u * g).sum(1),
                                      at::zeros_like(scale)).unsqueeze(1);
   return (g - u * along) * s;
-}
-
-// Calls body(i0, rows, j0, cols, dots) for every tile of rows x against rows y, the tile's inner
-// products in dots (rows x cols), in launch order on the current stream.
-template <typename Body>
-void for_each_tile(const at::Tensor& x, const at::Tensor& y, const Body& body) {
-  const int64_t n = x.size(0), m = y.size(0);
-  at::Tensor buffer = at::empty({std::min(n, kTile) * std::min(m, kTile)}, x.options());
-  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
-    const int64_t rows = std::min(kTile, n - i0);
-    for (int64_t j0 = 0; j0 < m; j0 += kTile) {
-      const int64_t cols = std::min(kTile, m - j0);
-      at::Tensor dots = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(dots, x.narrow(0, i0, rows), y.narrow(0, j0, cols).t());
-      body(i0, rows, j0, cols, dots);
-    }
-  }
 }
 
 template <typename T>

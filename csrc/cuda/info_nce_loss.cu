@@ -33,11 +33,11 @@
 #include "../formulas/info_nce.h"
 #include "../info_nce_checks.h"
 #include "common.cuh"
+#include "tiles.cuh"
 
 namespace fastloss::cuda {
 namespace {
 
-constexpr int64_t kTile = 4096;
 
 // The largest value over the block, valid in every thread; NaN is never the max (as in
 // info_nce::merge: comparisons with NaN are false). blockDim.x a multiple of 32.
@@ -180,23 +180,6 @@ coefficient_epilogue(T* tile, int64_t cols, int64_t i0, int64_t j0, const T* __r
   }
   acc = block_sum(acc);
   if (threadIdx.x == 0) dot_grad[i] += acc;
-}
-
-// Calls body(i0, rows, j0, cols, dots) for every tile of rows x against rows y, the tile's inner
-// products in dots (rows x cols, contiguous, writable), in launch order on the current stream.
-template <typename Body>
-void for_each_tile(const at::Tensor& x, const at::Tensor& y, const Body& body) {
-  const int64_t n = x.size(0), m = y.size(0);
-  at::Tensor buffer = at::empty({std::min(n, kTile) * std::min(m, kTile)}, x.options());
-  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
-    const int64_t rows = std::min(kTile, n - i0);
-    for (int64_t j0 = 0; j0 < m; j0 += kTile) {
-      const int64_t cols = std::min(kTile, m - j0);
-      at::Tensor dots = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(dots, x.narrow(0, i0, rows), y.narrow(0, j0, cols).t());
-      body(i0, rows, j0, cols, dots);
-    }
-  }
 }
 
 // The log-sum-exp of every row of x's logits against y (x (n, D), y (m, D) in T), with

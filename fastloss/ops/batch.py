@@ -217,10 +217,7 @@ def _plain_pairs(x, labels, ref, ref_labels, normalize, offset):
     q, r = (F.normalize(x, dim=1), F.normalize(ref, dim=1)) if normalize else (x, ref)
     d = plain_formulas.pairwise_distances(q, r)
     same = labels[:, None] == ref_labels[None, :]
-    rows = torch.arange(x.shape[0], device=x.device)
-    own = torch.zeros_like(same)
-    own[rows, rows + offset] = True
-    return d, same & ~own, ~same
+    return d, same & ~plain_formulas.own_pairs(x.shape[0], ref.shape[0], offset, x.device), ~same
 
 
 def _plain_nonzero_counts(x, labels, ref, ref_labels, pos_margin, neg_margin, normalize, offset):
