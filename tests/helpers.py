@@ -1,5 +1,7 @@
 """Shared test utilities: per-dtype tolerances and the float64 comparison."""
 
+import contextlib
+
 import torch
 
 # (rtol, atol) for values and gradients computed in float32 (or float64) and stored in dtype.
@@ -27,12 +29,27 @@ def random(shape, dtype, device, requires_grad=False, scale=1.0):
     return t.requires_grad_(requires_grad)
 
 
-def poison_allocator(device) -> None:
-    """Fill and free a block of the caching allocator with NaN, so a kernel output that reuses
-    it and is left unwritten shows up as NaN in the comparison."""
+@contextlib.contextmanager
+def poisoned_outputs(device):
+    """Inside the block every uninitialised output is NaN, so a kernel that leaves part of its
+    output unwritten shows up as NaN in the comparison. On CPU torch fills each new empty
+    tensor with NaN (deterministic mode's fill_uninitialized_memory: at::empty from the C++
+    kernels and torch.empty in the Triton launchers alike; outputs of 16 MiB and more come from
+    fastloss's own block cache, which it does not fill). On CUDA a block of the caching
+    allocator is filled with NaN and freed, to be handed out again."""
     if torch.device(device).type == "cuda":
         block = torch.empty(16 << 20, dtype=torch.float32, device=device).fill_(float("nan"))
         del block
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def assert_compiled_matches_eager(step, args, leaf, backend: str, device) -> None:

@@ -271,10 +271,11 @@ def test_autocast_as_torch(backend_device, name):
 
 
 def test_the_peer_and_oracle_packages_are_here():
-    """`make test` installs expecttest (torch's OpInfo data) and pytorch-metric-learning (the
-    in-batch losses' peer): where they are missing the tests comparing with them skip, which is
+    """`make test` installs expecttest (torch's OpInfo data), pytorch-metric-learning (the
+    in-batch losses' peer) and scikit-learn (the examples' data): where they are missing the tests comparing with them skip, which is
     allowed only on the GPU validation machine (it cannot install packages)."""
     if torch.cuda.is_available():
         pytest.skip("the GPU validation machine has no package index")
     import expecttest  # noqa: F401
     import pytorch_metric_learning  # noqa: F401
+    import sklearn  # noqa: F401  (the examples' data)

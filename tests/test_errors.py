@@ -65,11 +65,57 @@ def test_non_tensor_argument():
         fastloss.mse_loss(torch.randn(3), [1.0, 2.0, 3.0])
 
 
-def test_cuda_backend_with_cpu_tensors():
-    if not _backend.cuda_built():
-        pytest.skip("this build has no CUDA kernels; the next test covers that message")
+def test_cuda_backend_with_cpu_tensors(monkeypatch):
+    # the rule is Python's (fastloss/_backend.py): it holds for a CUDA build, whatever this one is
+    monkeypatch.setattr(_backend, "cuda_built", lambda: True)
     with pytest.raises(ValueError, match="backend 'cuda' takes CUDA tensors, got tensors on cpu"):
         fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="cuda")
+
+
+@pytest.mark.parametrize("cuda_built,triton_found,expected", [(True, True, "cuda"), (True, False, "cuda"),
+                                                              (False, True, "triton"), (False, False, "torch")])
+def test_auto_backend_for_cuda_tensors(monkeypatch, cuda_built, triton_found, expected):
+    """The choice for CUDA tensors, decided without a GPU: the CUDA kernels where built, else
+    Triton where installed, else the plain formula."""
+    monkeypatch.setattr(_backend, "cuda_built", lambda: cuda_built)
+    monkeypatch.setattr(_backend, "_triton_found", triton_found)
+    monkeypatch.setattr(_backend, "DEFAULT_BACKEND", "auto")
+    assert _backend.resolve("auto", torch.device("cuda")) == expected
+    assert _backend.resolve(None, torch.device("cuda", 1)) == expected
+
+
+def test_explicit_backends_for_each_device(monkeypatch):
+    monkeypatch.setattr(_backend, "cuda_built", lambda: True)
+    monkeypatch.setattr(_backend, "_triton_found", True)
+    cuda, cpu, meta = torch.device("cuda"), torch.device("cpu"), torch.device("meta")
+    assert _backend.resolve("cuda", cuda) == "cuda"
+    assert _backend.resolve("triton", cuda) == "triton"
+    assert _backend.resolve("torch", cuda) == "torch"
+    assert _backend.resolve("cpu", cpu) == "cpu"
+    assert _backend.resolve("auto", cpu) == "cpu"
+    assert _backend.resolve("auto", meta) == "torch"
+    with pytest.raises(ValueError, match="backend 'cpu' takes CPU tensors, got tensors on cuda"):
+        _backend.resolve("cpu", cuda)
+    with pytest.raises(ValueError, match="backend 'triton' takes CUDA tensors, got tensors on meta"):
+        _backend.resolve("triton", meta)
+    monkeypatch.setattr(_backend, "_triton_found", False)
+    with pytest.raises(RuntimeError, match=r"backend 'triton' needs the triton package: `pip install triton`"):
+        _backend.resolve("triton", cuda)
+    monkeypatch.setattr(_backend, "DEFAULT_BACKEND", "torch")
+    assert _backend.resolve("auto", cpu) == "torch" and _backend.resolve("cpu", cpu) == "cpu"
+
+
+def test_available_backends(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert fastloss.available_backends() == {"cpu": True, "cuda": False, "triton": _backend.triton_found(),
+                                             "torch": True}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert fastloss.available_backends()["triton"] is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_backend, "cuda_built", lambda: True)
+    assert fastloss.available_backends() == {"cpu": True, "cuda": True, "triton": _backend.triton_found(),
+                                             "torch": True}
 
 
 def test_backend_not_built_says_how_to_build(monkeypatch):

@@ -16,40 +16,12 @@ from torch.library import opcheck
 import fastloss
 from conftest import backend_params
 from helpers import assert_compiled_matches_eager
+from loss_cases import oracle_info_nce, oracle_nt_xent
 
 BACKENDS = backend_params()
 KERNEL_BACKENDS = [p for p in BACKENDS if p.values[0][0] != "torch"]
 OPS = {"cpu": ("info_nce_stats", "info_nce_grad"), "cuda": ("info_nce_stats", "info_nce_grad"),
        "triton": ("info_nce_stats_triton", "info_nce_grad_triton")}
-
-
-# ---- the oracles, in float64 on the whole matrix ----
-
-def oracle_info_nce(q, k, t, symmetric=False, normalize=False, reduction="mean"):
-    """torch's cross-entropy on the materialised logits, target i for row i."""
-    if normalize:
-        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    logits = q @ k.T / t
-    target = torch.arange(q.shape[0])
-    loss = F.cross_entropy(logits, target, reduction="none")
-    if symmetric:
-        loss = (loss + F.cross_entropy(logits.T, target, reduction="none")) / 2
-    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
-
-
-def oracle_nt_xent(z1, z2, t, reduction="mean"):
-    """Chen et al. (2020), eq. 1: l(i, j) = -log(exp(sim(z_i, z_j)/t) / sum_{k != i} exp(sim(z_i, z_k)/t))
-    with sim the cosine similarity, over the 2N ordered positive pairs (2k-1, 2k) and (2k, 2k-1)."""
-    z = torch.cat([z1, z2])
-    n = z.shape[0]
-    sim = (z @ z.T) / (z.norm(dim=1)[:, None] * z.norm(dim=1)[None, :]).clamp_min(1e-12)
-    losses = []
-    for i in range(n):
-        j = (i + n // 2) % n
-        others = torch.cat([sim[i, :i], sim[i, i + 1:]]) / t
-        losses.append(-(sim[i, j] / t - torch.logsumexp(others, 0)))
-    loss = torch.stack(losses) if losses else sim.sum(0)
-    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
 
 
 TOL = {torch.float64: (1e-9, 1e-11), torch.float32: (2e-4, 2e-5), torch.float16: (2e-2, 2e-3),

@@ -1,14 +1,14 @@
-"""fastloss.masked_mse_loss (the masked autoencoder's patch loss) against its float64 formula,
-on every backend runnable here."""
+"""fastloss.masked_mse_loss (the masked autoencoder's patch loss) against MAE's forward_loss
+(tests/loss_cases.py) in float64, on every backend runnable here."""
 
 import pytest
 import torch
 from torch.library import opcheck
 
 import fastloss
-from fastloss import reference as ref_impl
 from conftest import backend_params
-from helpers import assert_compiled_matches_eager, DTYPES, assert_close_to_reference, poison_allocator, random
+from loss_cases import mae_patch_loss
+from helpers import assert_compiled_matches_eager, DTYPES, assert_close_to_reference, poisoned_outputs, random
 
 KERNEL_BACKENDS = [p for p in backend_params() if p.values[0][0] != "torch"]
 FORWARD_OPS = {"cpu": "masked_mse_loss", "cuda": "masked_mse_loss", "triton": "masked_mse_loss_triton"}
@@ -32,10 +32,10 @@ def check(backend, device, dtype, shape, mask_kind, norm_target, grad_scale=1.7)
     x = random(shape, dtype, device, requires_grad=True)
     t = random(shape, dtype, device, scale=2.0) + 0.5
     mask = make_mask(mask_kind, shape[:2], device)
-    poison_allocator(device)
-    loss = fastloss.masked_mse_loss(x, t, mask, norm_target=norm_target, backend=backend)
+    with poisoned_outputs(device):
+        loss = fastloss.masked_mse_loss(x, t, mask, norm_target=norm_target, backend=backend)
     rx = x.detach().cpu().double().requires_grad_()
-    ref = ref_impl.masked_mse_loss(rx, t.detach().cpu().double(), mask.cpu(), norm_target, 1e-6)
+    ref = mae_patch_loss(rx, t.detach().cpu().double(), mask.cpu(), norm_target, 1e-6)
     assert_close_to_reference(loss.detach().cpu(), ref.detach(), dtype, "loss")
     if x.numel() == 0 or not torch.isfinite(ref):
         return
@@ -69,7 +69,7 @@ def test_norm_target_on_constant_patches(backend_device):
     t = torch.full((2, 4, 16), 3.0, device=device)  # variance 0: the target normalises to 0
     mask = torch.ones(2, 4, device=device)
     loss = fastloss.masked_mse_loss(x, t, mask, norm_target=True, backend=backend)
-    ref = ref_impl.masked_mse_loss(x.detach().cpu().double(), t.cpu().double(), mask.cpu(), True, 1e-6)
+    ref = mae_patch_loss(x.detach().cpu().double(), t.cpu().double(), mask.cpu(), True, 1e-6)
     torch.testing.assert_close(loss.detach().cpu().double(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -100,8 +100,8 @@ def test_masked_out_patches_are_not_read(backend_device):
         x[~mask] = float("nan")
         t[~mask] = float("inf")
     loss = fastloss.masked_mse_loss(x, t, mask, backend=backend)
-    expected = ref_impl.masked_mse_loss(x.detach()[mask].cpu().double(), t[mask].cpu().double(),
-                                        torch.ones(int(mask.sum())), False, 1e-6)
+    expected = mae_patch_loss(x.detach()[mask].cpu().double(), t[mask].cpu().double(),
+                              torch.ones(int(mask.sum())), False, 1e-6)
     torch.testing.assert_close(loss.detach().cpu().double(), expected, rtol=1e-5, atol=0)
     loss.backward()
     assert (x.grad[~mask] == 0).all() and torch.isfinite(x.grad[mask]).all()
@@ -115,7 +115,7 @@ def test_target_requiring_grad(backend_device):
     mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64, device=device)
     fastloss.masked_mse_loss(x, t, mask, norm_target=True, backend=backend).backward()
     rx, rt = x.detach().cpu().clone().requires_grad_(), t.detach().cpu().clone().requires_grad_()
-    ref_impl.masked_mse_loss(rx, rt, mask.cpu(), True, 1e-6).backward()
+    mae_patch_loss(rx, rt, mask.cpu(), True, 1e-6).backward()
     torch.testing.assert_close(x.grad.cpu(), rx.grad)
     torch.testing.assert_close(t.grad.cpu(), rt.grad)
 

@@ -265,13 +265,46 @@ x = torch.randn(6, 50, 97).requires_grad_()
 loss = fastloss.masked_mse_loss(x, torch.randn(6, 50, 97), torch.rand(6, 50) < 0.7, norm_target=True, backend="cpu")
 loss.backward()
 out += [loss.detach().reshape(1).double(), x.grad.double()]
+
+def run(fn, *tensors):  # the loss and every gradient, in float64 for the comparison
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    loss = fn(*leaves)
+    loss.backward()
+    return [loss.detach().reshape(-1).double()] + [t.grad.double() for t in leaves]
+
+for dtype in (torch.float32, torch.float64, torch.bfloat16):
+    # the row losses: 1029 rows of 131 (an odd tail for every lane count), each kind
+    a, p, n = (torch.randn(1029, 131, dtype=torch.float64).mul(0.1).to(dtype) for _ in range(3))
+    y = (torch.rand(1029) < 0.5).to(dtype)
+    y_cos = torch.where(torch.rand(1029) < 0.5, 1.0, -1.0).to(dtype)
+    for distance in ("euclidean", "manhattan", "cosine"):
+        out += run(lambda u, v: fastloss.contrastive_loss(u, v, y, 1.3, distance, "sum", backend="cpu"), a, p)
+    for p_norm, swap in ((2.0, False), (1.0, True), (3.0, True)):
+        out += run(lambda u, v, w: fastloss.triplet_margin_loss(u, v, w, margin=1.5, p=p_norm, swap=swap,
+                                                                backend="cpu"), a, p, n)
+    out += run(lambda u, v: fastloss.cosine_embedding_loss(u, v, y_cos, 0.1, backend="cpu"), a, p)
+    # the in-batch losses: a reference set, a batch of its own, both margins active
+    labels = torch.randint(0, 9, (203,))
+    e, r = torch.randn(203, 37).to(dtype), torch.randn(151, 37).to(dtype)
+    out += run(lambda u: fastloss.batch_contrastive_loss(u, labels, 0.3, 1.1, backend="cpu"), e)
+    out += run(lambda u, v: fastloss.batch_contrastive_loss(u, labels, 0.2, 1.2, ref_embeddings=v,
+                                                            ref_labels=labels[:151], reduction="sum",
+                                                            backend="cpu"), e, r)
+    out += run(lambda u: fastloss.batch_hard_triplet_loss(u, labels, 0.2, backend="cpu"), e)
+    out += run(lambda u: fastloss.batch_hard_triplet_loss(u, labels, soft=True, backend="cpu"), e)
+    # the softmax losses: queries against more keys, CLIP's symmetric form, NT-Xent
+    out += run(lambda u, v: fastloss.info_nce_loss(u, v, 0.1, backend="cpu"), e[:150], r)
+    out += run(lambda u, v: fastloss.info_nce_loss(u, v, 0.2, symmetric=True, normalize=True, backend="cpu"),
+               e[:151], r)
+    out += run(lambda u, v: fastloss.nt_xent_loss(u, v, 0.5, backend="cpu"), e[:151], r)
 torch.save((fastloss._backend.extension().cpu_isa(), out), sys.argv[1])
 """
 
 
 def test_cpu_builds_for_each_instruction_set_agree_bit_for_bit(tmp_path):
-    # The baseline, AVX2 and AVX-512 kernels share the summation order and the formulas, so on
-    # one machine they must give the same bits; each runs in its own process (chosen once).
+    # The baseline, AVX2 and AVX-512 kernels of every family (pointwise, masked, row, in-batch,
+    # softmax) share the summation order and the formulas, so on one machine they must give the
+    # same bits; each runs in its own process (chosen once).
     results = {}
     for isa in ("baseline", "avx2", ""):
         path = tmp_path / f"{isa or 'best'}.pt"
@@ -280,8 +313,14 @@ def test_cpu_builds_for_each_instruction_set_agree_bit_for_bit(tmp_path):
         assert proc.returncode == 0, proc.stderr
         results[isa or "best"] = torch.load(path)
     names = {k: v[0] for k, v in results.items()}
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags
+    avx2 = {"avx2", "f16c", "fma"} <= flags
     assert names["baseline"] == "baseline"
+    assert names["avx2"] == ("avx2+f16c" if avx2 else "baseline")
+    assert names["best"] == ("avx512" if avx512 else names["avx2"])
     reference = results["baseline"][1]
+    assert len(reference) == len(results["avx2"][1]) == len(results["best"][1])
     for key in ("avx2", "best"):
         for a, b in zip(reference, results[key][1]):
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), (names, key)
@@ -339,3 +378,16 @@ def test_cpu_large_outputs_from_the_block_cache_are_correct_and_not_shared():
     x3 = random((n,), torch.float32, "cpu", requires_grad=True)
     fastloss.mse_loss(x3, t1, reduction="sum", backend="cpu").backward()
     torch.testing.assert_close(x3.grad, 2.0 * (x3.detach() - t1))
+
+
+def test_poisoned_outputs_fill_every_new_cpu_output_with_nan():
+    """The test helper that catches unwritten outputs does fill them on CPU: torch.empty in
+    Python (the Triton launchers) and the dispatcher's aten::empty, which at::empty in the C++
+    kernels calls."""
+    from helpers import poisoned_outputs
+
+    with poisoned_outputs("cpu"):
+        assert torch.isnan(torch.empty(1000)).all()
+        assert torch.isnan(torch.empty_like(torch.zeros(7, 3, dtype=torch.float64))).all()
+        assert torch.isnan(torch.ops.aten.empty.memory_format([33], dtype=torch.bfloat16)).all()
+    assert not torch.are_deterministic_algorithms_enabled()

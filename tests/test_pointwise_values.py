@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import fastloss
 from conftest import backend_params
 from fastloss import _backend
-from helpers import DTYPES, assert_close_to_reference, poison_allocator, random
+from helpers import DTYPES, assert_close_to_reference, poisoned_outputs, random
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -65,8 +65,8 @@ def check(backend, device, dtype, input_shape, target_shape, reduction, weight_s
     x = random(input_shape, dtype, device, requires_grad=True, scale=input_scale)
     t = make_target(loss, target_shape, dtype, device)
     w = None if weight_shape is None else random(weight_shape, dtype, device).abs() + 0.1
-    poison_allocator(device)
-    out = call(loss, x, t, reduction, backend, w, **extra)
+    with poisoned_outputs(device):
+        out = call(loss, x, t, reduction, backend, w, **extra)
     ref, rx, rt = reference(x, t, reduction, w, loss, **extra)
     assert_close_to_reference(out.detach().cpu(), ref.detach(), dtype, "loss")
     if out.numel() == 0:
@@ -237,8 +237,8 @@ def test_misaligned_storage(backend_device, dtype, offset, loss):
     t_base = random((n + 1,), dtype, device)
     x_leaf = x_base.detach().requires_grad_()
     x, t = x_leaf[offset:], t_base[1:]
-    poison_allocator(device)
-    out = call(loss, x, t, "sum", backend)
+    with poisoned_outputs(device):
+        out = call(loss, x, t, "sum", backend)
     ref, rx, _ = reference(x, t, "sum", loss=loss)
     assert_close_to_reference(out.detach().cpu(), ref.detach(), dtype, "loss")
     out.backward()

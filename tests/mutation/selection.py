@@ -1,0 +1,74 @@
+"""Which Python files are mutated, and which tests each mutant of a file runs.
+
+A file's selection is the tests that exercise it, the fastest killers first (pytest stops at
+the first failure). Tests that cannot see a mutant of the Python (the 2^24-row, 2^31-element
+and memory probes, the GPU compile check, the thread-count and instruction-set comparisons,
+which run the C++ kernels only) are left out to keep a surviving mutant's run short.
+"""
+
+from __future__ import annotations
+
+# The Python that decides results: argument handling, backend choice, the ops and autograd,
+# the reference formulas, the Triton kernels (run under the interpreter here).
+TARGETS = [
+    "fastloss/_args.py",
+    "fastloss/_backend.py",
+    "fastloss/functional.py",
+    "fastloss/nn.py",
+    "fastloss/distributed.py",
+    "fastloss/reference.py",
+    "fastloss/ops/autograd.py",
+    "fastloss/ops/pointwise.py",
+    "fastloss/ops/row.py",
+    "fastloss/ops/masked_mse.py",
+    "fastloss/ops/batch.py",
+    "fastloss/ops/info_nce.py",
+    "kernels/pointwise_loss.py",
+    "kernels/row_loss.py",
+    "kernels/masked_mse.py",
+    "kernels/batch_pair_loss.py",
+    "kernels/info_nce.py",
+]
+
+# Slow tests that only the C++ kernels, the GPU or the allocator can fail.
+SLOW = ("not more_than_2_to_the and not memory_stays_linear and not thread_count and not instruction_set "
+        "and not streaming and not block_cache and not triton_gpu_compile")
+
+MODULES = ["tests/test_modules_and_arguments.py"]
+POINTWISE = ["tests/test_pointwise_values.py", "tests/test_pointwise_ops.py", "tests/test_nan_inf.py"]
+ROWS = ["tests/test_row_losses.py", "tests/test_nan_inf.py"]
+MASKED = ["tests/test_masked_mse.py", "tests/test_nan_inf.py"]
+BATCH = ["tests/test_batch_losses.py"]
+SOFTMAX = ["tests/test_info_nce.py"]
+AUTOGRAD = ["tests/test_autograd_fidelity.py"]
+ERRORS = ["tests/test_errors.py", "tests/test_drop_in_domain.py"]
+
+SELECTIONS = {
+    "fastloss/_args.py": ERRORS + MODULES + POINTWISE + ROWS + MASKED + BATCH + SOFTMAX,
+    "fastloss/_backend.py": ERRORS + MODULES + POINTWISE,
+    "fastloss/functional.py": MODULES + ERRORS + POINTWISE + ROWS + MASKED + BATCH + SOFTMAX,
+    "fastloss/nn.py": MODULES + ERRORS + POINTWISE + ROWS + MASKED + BATCH + SOFTMAX,
+    "fastloss/distributed.py": ["tests/test_distributed.py"],
+    "fastloss/reference.py": MODULES + ERRORS + POINTWISE + ROWS + MASKED + BATCH + SOFTMAX + AUTOGRAD,
+    "fastloss/ops/autograd.py": AUTOGRAD + POINTWISE + ROWS + MASKED + BATCH + SOFTMAX,
+    "fastloss/ops/pointwise.py": POINTWISE + MODULES + AUTOGRAD + ERRORS,
+    "fastloss/ops/row.py": ROWS + MODULES + AUTOGRAD + ERRORS,
+    "fastloss/ops/masked_mse.py": MASKED + MODULES + AUTOGRAD,
+    "fastloss/ops/batch.py": BATCH + MODULES + AUTOGRAD + ["tests/test_distributed.py"],
+    "fastloss/ops/info_nce.py": SOFTMAX + MODULES + ["tests/test_distributed.py"],
+    "kernels/pointwise_loss.py": POINTWISE + MODULES,
+    "kernels/row_loss.py": ROWS + MODULES,
+    "kernels/masked_mse.py": MASKED + MODULES,
+    "kernels/batch_pair_loss.py": BATCH + MODULES,
+    "kernels/info_nce.py": SOFTMAX + MODULES,
+}
+
+
+def selection_for(path: str) -> list[str]:
+    """pytest arguments for a mutant of `path`: its test files (each once, in order) and the
+    slow tests left out. Mutants of a Triton kernel run the Triton tests only."""
+    files = list(dict.fromkeys(SELECTIONS[path]))
+    keyword = SLOW
+    if path.startswith("kernels/"):
+        keyword += " and triton"
+    return [*files, "-k", keyword]
