@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup test bench wheel gpu-check clean
+.PHONY: setup test mutation bench wheel gpu-check clean
 
 setup: $(VENV)/.built
 
@@ -29,6 +29,15 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 # tests/conftest.py when no GPU is present), CUDA tests where a GPU is present.
 test: setup
 	$(PY) -m pytest -q tests
+
+# Mutation testing (tests/mutation/README.md): a seeded 10% sample of the Python mutants (fastloss/ and
+# the Triton kernels under the interpreter; MUTATION_SAMPLE=1 for all of them, several hours here),
+# then the hand-written C++ mistakes, each with a rebuild of the CPU extension. Not part of CI.
+MUTATION_SAMPLE ?= 0.1
+mutation: setup
+	$(PY) tests/mutation/run.py --sample $(MUTATION_SAMPLE) --jobs 2; python_status=$$?; \
+	$(PY) tests/mutation/cpp_mutants.py; cpp_status=$$?; \
+	exit $$(( python_status || cpp_status ))
 
 # The benchmark reports (CPU here: two allocator regimes; see the README's Benchmarks), then the
 # in-batch losses' report (time and peak memory against pytorch-metric-learning; about 20 min here).

@@ -449,3 +449,45 @@ def test_opcheck_against_a_set_holding_the_queries(backend_device, loss):
     # the mean's count: every pair but the 7 rows' own (contrastive), the kept anchors (batch-hard)
     count = 7 * 17 - 7 if loss == 0 else float(stats[1])
     torch.testing.assert_close(mean.double(), stats[4] / count, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("offset", [0, 5, 14])
+@pytest.mark.parametrize("loss", [0, 1, 2])
+def test_a_set_holding_the_queries_against_the_definition(backend_device, offset, loss):
+    """The op's reference-set form with self_offset (a rank's rows inside the gathered batch):
+    the pairs (i, i + offset), a row with itself, are no pairs; the sum and both gradients
+    against the definitions written here (the last rows' own rows lie past the set at 14)."""
+    backend, device = backend_device
+    op = getattr(torch.ops.fastloss, FORWARD_OPS[backend])
+    gen = torch.Generator().manual_seed(offset + 10 * loss)
+    r = torch.randn(19, 6, dtype=torch.float64, generator=gen)
+    ry = torch.randint(0, 4, (19,), generator=gen)
+    q, qy = torch.randn(7, 6, dtype=torch.float64, generator=gen), ry[offset:offset + 7].clone()
+    if len(qy) < 7:
+        qy = torch.cat([qy, torch.randint(0, 4, (7 - len(qy),), generator=gen)])
+    inside = (torch.arange(7) + offset)[:, None] == torch.arange(19)[None, :]
+    # q is not a copy of its rows in the set: a dropped pair then has a distance, so keeping it
+    # (or dropping another) changes the sums
+
+    def oracle(qq, rr):
+        d = _distances(_unit(qq, True), _unit(rr, True))
+        same = qy[:, None] == ry[None, :]
+        pos, neg = same & ~inside, ~same
+        if loss == 0:
+            return (d - 0.2).clamp_min(0)[pos].sum() + (0.9 - d).clamp_min(0)[neg].sum()
+        total = d.sum() * 0
+        for i in range(7):
+            if pos[i].any() and neg[i].any():
+                v = torch.where(pos[i], d[i], -torch.inf).max() - torch.where(neg[i], d[i], torch.inf).min()
+                total = total + (F.softplus(v) if loss == 2 else (v + 0.2).clamp_min(0))
+        return total
+
+    qd, rd = q.to(device).requires_grad_(), r.to(device).requires_grad_()
+    value, grad_q, grad_r, _ = op(qd, rd, qy.to(device), ry.to(device), loss, 2, 0.2, 0.9, True, True, True, offset)
+    qo, ro = q.clone().requires_grad_(), r.clone().requires_grad_()
+    expected = oracle(qo, ro)
+    expected_q, expected_r = torch.autograd.grad(expected, [qo, ro])
+    _close(value, expected.detach(), torch.float64, "sum")
+    _close(grad_q, expected_q, torch.float64, "gradient of the queries")
+    _close(grad_r, expected_r, torch.float64, "gradient of the set")

@@ -250,6 +250,49 @@ def test_mismatched_dtypes_fail_on_every_rank_instead_of_hanging():
         assert "needs embeddings of one dtype on every rank, got ['float32', 'float64']" in m, m
 
 
+def _primitives(rank, world):
+    from fastloss import distributed
+
+    out = {}
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        g = torch.Generator().manual_seed(rank)
+        x = (torch.randn(rank + 1, 3, dtype=torch.float64, generator=g) * 1e3 + 1e-5).to(dtype).requires_grad_()
+        counts = distributed.row_counts("test", "x", x)
+        everything = distributed.gather_rows(x, counts)
+        weights = torch.arange(1, everything.numel() + 1, dtype=torch.float64).reshape(everything.shape) / 7
+        (everything * weights.to(dtype)).sum().backward()
+        out[str(dtype)] = (counts, distributed.offset_of(counts), everything.detach(), x.grad)
+    labels = distributed.gather_labels(torch.arange(rank + 1) * 10 + rank, counts)
+    total = distributed.all_reduce_sum(torch.tensor([rank + 0.5, 2.0 ** -40]))
+    return out, labels, total
+
+
+def test_primitives_gather_exactly_in_every_dtype():
+    """gather_rows, gather_labels, all_reduce_sum, offset_of on 3 ranks of 1, 2 and 3 rows: the
+    rows in rank order bit for bit in their own dtype (gloo carries half types as float32, which
+    holds them exactly; float64 must travel as float64), and each rank's gradient the sum over
+    the ranks of the gradient of its rows."""
+    results = run_ranks(3, _primitives)
+    rows = {}
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        mine = []
+        for rank in range(3):
+            g = torch.Generator().manual_seed(rank)
+            mine.append((torch.randn(rank + 1, 3, dtype=torch.float64, generator=g) * 1e3 + 1e-5).to(dtype))
+        rows[str(dtype)] = torch.cat(mine)
+    for rank, (out, labels, total) in enumerate(results):
+        for key, (counts, offset, everything, grad) in out.items():
+            assert counts == [1, 2, 3] and offset == [0, 1, 3][rank], (key, counts, offset)
+            assert everything.dtype == rows[key].dtype and torch.equal(everything, rows[key]), key
+            weights = torch.arange(1, 19, dtype=torch.float64).reshape(6, 3) / 7
+            expected = (3 * weights.to(rows[key].dtype).double())[offset:offset + rank + 1]
+            assert grad.dtype == rows[key].dtype, key
+            torch.testing.assert_close(grad.double(), expected, rtol=1e-2 if key != "torch.float64" else 0,
+                                       atol=0, msg=key)
+        assert torch.equal(labels, torch.tensor([0, 1, 11, 2, 12, 22])), labels
+        assert total.dtype == torch.float64 and torch.equal(total, torch.tensor([4.5, 3 * 2.0 ** -40], dtype=torch.float64))
+
+
 def test_outside_a_process_group_all_gather_is_the_plain_loss():
     q, k = torch.randn(5, 3), torch.randn(7, 3)
     torch.testing.assert_close(fastloss.info_nce_loss(q, k, all_gather=True), fastloss.info_nce_loss(q, k))

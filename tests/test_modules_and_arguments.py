@@ -108,11 +108,11 @@ def _pointwise_module_cases(reduction):
     w = _normal(4, 7, seed=5).abs() + 0.3
     pw = _normal(7, seed=6).abs() + 0.5
     return [
-        ("MSELoss", {"reduction": reduction}, {}),
-        ("L1Loss", {"reduction": reduction}, {}),
-        ("SmoothL1Loss", {"reduction": reduction, "beta": 0.35}, {}),
-        ("HuberLoss", {"reduction": reduction, "delta": 0.45}, {}),
-        ("BCEWithLogitsLoss", {"reduction": reduction, "weight": w, "pos_weight": pw}, {}),
+        ("MSELoss", {"reduction": reduction}),
+        ("L1Loss", {"reduction": reduction}),
+        ("SmoothL1Loss", {"reduction": reduction, "beta": 0.35}),
+        ("HuberLoss", {"reduction": reduction, "delta": 0.45}),
+        ("BCEWithLogitsLoss", {"reduction": reduction, "weight": w, "pos_weight": pw}),
     ]
 
 
@@ -120,9 +120,9 @@ def _pointwise_module_cases(reduction):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_pointwise_modules_as_torch_modules(backend_device, reduction):
     backend, device = backend_device
-    for name, kwargs, _ in _pointwise_module_cases(reduction):
+    for name, kwargs in _pointwise_module_cases(reduction):
         x = _normal(4, 7, device=device).requires_grad_()
-        t = (torch.sigmoid(_normal(4, 7, seed=1)) if name == "BCEWithLogitsLoss" else _normal(4, 7, seed=1))
+        t = torch.sigmoid(_normal(4, 7, seed=1)) if name == "BCEWithLogitsLoss" else _normal(4, 7, seed=1)
         t = t.to(device).requires_grad_()
         ours = getattr(fastloss, name)(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in kwargs.items()},
                                        backend=backend)
@@ -302,3 +302,18 @@ def test_non_contiguous_rows(backend_device):
                                                     mask[:, ::2], norm_target=norm, backend=backend),
                  lambda x: mae_patch_loss(x[:, ::2], target[:, ::2].cpu(), mask[:, ::2].cpu(), norm),
                  [leaf], f"masked_mse non-contiguous norm={norm}")
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_soft_label_gradients(backend_device, reduction):
+    """Soft labels in [0, 1] that require grad (a learned similarity): the gradient of every
+    operand, the label's too, against Hadsell et al.'s formula, in each distance."""
+    backend, device = backend_device
+    for distance, margin in (("euclidean", 3.0), ("manhattan", 7.0), ("cosine", 0.9)):
+        x1 = _normal(9, 5, device=device).requires_grad_()
+        x2 = _normal(9, 5, seed=1, device=device).requires_grad_()
+        y = torch.rand(9, dtype=F64, generator=torch.Generator().manual_seed(2)).to(device).requires_grad_()
+        _compare(lambda a, b, c: fastloss.contrastive_loss(a, b, c, margin, distance, reduction, backend=backend),
+                 lambda a, b, c: contrastive_oracle(a, b, c, margin, distance, reduction), [x1, x2, y],
+                 f"soft labels {distance} {reduction}")

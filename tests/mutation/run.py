@@ -8,8 +8,8 @@ Each worker holds a copy of fastloss/ (the built extension included) with kernel
 fastloss/kernels, imports torch, Triton and pytest once, and forks one child per mutant: the
 child imports the mutated package from the copy and runs pytest -x on the file's test
 selection (tests/mutation/selection.py). A mutant is killed when a test fails, the package
-fails to import, or the run exceeds its time limit (three times the unmutated run, plus a
-minute); it survives when every selected test passes. The report lists the survivors per
+fails to import, or the run exceeds its time limit (four times the unmutated run, plus two
+minutes); it survives when every selected test passes. The report lists the survivors per
 file; tests/mutation/equivalent.md holds those judged equivalent, which the score leaves out.
 """
 
@@ -110,9 +110,9 @@ def worker(index: int, jobs: int, plan_file: Path, out_file: Path) -> None:
     logs.mkdir()
     baselines: dict[str, float] = {}
     with out_file.open("a") as out:
-        for item in plan["mutants"][index::jobs]:
+        for item in [m for m in plan["mutants"] if m["worker"] == index]:
             path = item["path"]
-            args = selection_for(path)
+            args = [str(REPO / a) if a.endswith(".py") else a for a in selection_for(path)]
             key = " ".join(args)
             if key not in baselines:  # the unmutated package must pass the selection
                 outcome, seconds = _run_tests(root, args, 3600, logs / "baseline.log")
@@ -124,7 +124,7 @@ def worker(index: int, jobs: int, plan_file: Path, out_file: Path) -> None:
             target.write_text(mutation.mutated_source(original, item["index"]))
             try:
                 log = logs / f"{item['key'].replace('/', '_')}.log"
-                outcome, seconds = _run_tests(root, args, 3 * baselines[key] + 60, log)
+                outcome, seconds = _run_tests(root, args, 4 * baselines[key] + 120, log)
             finally:
                 target.write_text(original)
             tail = ""
@@ -182,6 +182,7 @@ def main() -> int:
     parser.add_argument("--keys", nargs="*", help="only these mutants (path:line:index)")
     parser.add_argument("--out", default=str(REPO / "build" / "mutation"), help="folder for the results")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--min-score", type=float, default=0.9, help="fail below this score")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,7 +205,15 @@ def main() -> int:
     for old in out.glob("worker-*.jsonl"):
         old.unlink()
     plan = out / "plan.json"
-    plan.write_text(json.dumps({"mutants": [{**m.__dict__, "key": m.key} for m in every]}))
+    # whole files to each worker (the unmutated run of a file's selection then happens once),
+    # the largest first to whichever worker has the fewest mutants so far
+    load = [0] * args.jobs
+    owner = {}
+    for path in sorted({m.path for m in every}, key=lambda p: -sum(m.path == p for m in every)):
+        owner[path] = load.index(min(load))
+        load[owner[path]] += sum(m.path == path for m in every)
+    every.sort(key=lambda m: (m.path, m.index))
+    plan.write_text(json.dumps({"mutants": [{**m.__dict__, "key": m.key, "worker": owner[m.path]} for m in every]}))
     print(f"{len(every)} mutants of {len(args.files)} files, {args.jobs} workers; results in {out}", flush=True)
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(k), "--jobs", str(args.jobs),
                                "--plan", str(plan), "--out", str(out)]) for k in range(args.jobs)]
@@ -230,6 +239,9 @@ def main() -> int:
     (out / "report.md").write_text(text + "\n")
     print(text)
     print(f"\nreport: {out / 'report.md'}")
+    if score < args.min_score:
+        print(f"score {100 * score:.1f}% is below {100 * args.min_score:.0f}%", file=sys.stderr)
+        return 1
     return 0
 
 
