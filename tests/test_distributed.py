@@ -264,14 +264,23 @@ def _primitives(rank, world):
         out[str(dtype)] = (counts, distributed.offset_of(counts), everything.detach(), x.grad)
     labels = distributed.gather_labels(torch.arange(rank + 1) * 10 + rank, counts)
     total = distributed.all_reduce_sum(torch.tensor([rank + 0.5, 2.0 ** -40]))
-    return out, labels, total
+    return out, labels, total, _local_losses(rank)
+
+
+def _local_losses(rank):
+    """Each in-batch loss without all_gather: this rank's rows alone, even inside a process group."""
+    g = torch.Generator().manual_seed(100 + rank)
+    x, z = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([0, 1, 0, 1])
+    return torch.stack([fastloss.batch_contrastive_loss(x, y), fastloss.batch_hard_triplet_loss(x, y),
+                        fastloss.info_nce_loss(x, z), fastloss.nt_xent_loss(x, z)])
 
 
 def test_primitives_gather_exactly_in_every_dtype():
     """gather_rows, gather_labels, all_reduce_sum, offset_of on 3 ranks of 1, 2 and 3 rows: the
     rows in rank order bit for bit in their own dtype (gloo carries half types as float32, which
     holds them exactly; float64 must travel as float64), and each rank's gradient the sum over
-    the ranks of the gradient of its rows."""
+    the ranks of the gradient of its rows. Without all_gather a loss stays local in a group."""
     results = run_ranks(3, _primitives)
     rows = {}
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
@@ -280,7 +289,8 @@ def test_primitives_gather_exactly_in_every_dtype():
             g = torch.Generator().manual_seed(rank)
             mine.append((torch.randn(rank + 1, 3, dtype=torch.float64, generator=g) * 1e3 + 1e-5).to(dtype))
         rows[str(dtype)] = torch.cat(mine)
-    for rank, (out, labels, total) in enumerate(results):
+    for rank, (out, labels, total, local) in enumerate(results):
+        torch.testing.assert_close(local, _local_losses(rank), rtol=0, atol=0)
         for key, (counts, offset, everything, grad) in out.items():
             assert counts == [1, 2, 3] and offset == [0, 1, 3][rank], (key, counts, offset)
             assert everything.dtype == rows[key].dtype and torch.equal(everything, rows[key]), key

@@ -217,3 +217,23 @@ def test_bad_input():
         fastloss.masked_mse_loss(x.long(), x.long(), torch.ones(2, 3))
     with pytest.raises(ValueError, match="at least 2-d"):
         fastloss.masked_mse_loss(torch.randn(4), torch.randn(4), torch.ones(()))
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("shape", [(6, 10), (2, 3, 4, 9)], ids=str)
+def test_any_leading_dimensions(backend_device, shape):
+    """(L, P) patches of one image and (N, H, W, P) grids work as (N, L, P) does: the mask has the
+    leading dimensions."""
+    backend, device = backend_device
+    x = random(shape, torch.float64, device, requires_grad=True)
+    t = random(shape, torch.float64, device)
+    mask = (torch.rand(shape[:-1]) < 0.7).to(device)
+    mask.view(-1)[0] = True
+    for norm_target in (False, True):
+        loss = fastloss.masked_mse_loss(x, t, mask, norm_target=norm_target, backend=backend)
+        rx = x.detach().cpu().requires_grad_()
+        ref = mae_patch_loss(rx, t.cpu(), mask.cpu(), norm_target, 1e-6)
+        assert_close_to_reference(loss.detach().cpu(), ref.detach(), torch.float64, "loss")
+        (grad,) = torch.autograd.grad(loss, x)
+        ref.backward()
+        assert_close_to_reference(grad.cpu(), rx.grad, torch.float64, "grad input")

@@ -317,3 +317,81 @@ def test_soft_label_gradients(backend_device, reduction):
         _compare(lambda a, b, c: fastloss.contrastive_loss(a, b, c, margin, distance, reduction, backend=backend),
                  lambda a, b, c: contrastive_oracle(a, b, c, margin, distance, reduction), [x1, x2, y],
                  f"soft labels {distance} {reduction}")
+
+
+def test_module_defaults_are_the_papers_and_torchs():
+    """Modules built without arguments: torch's defaults for torch's losses; Hadsell's margin 1
+    with the Euclidean distance; MAE's patch loss without normalisation (eps 1e-6 when on);
+    pytorch-metric-learning's margins 0 and 1; the batch-hard margin 0.05; InfoNCE at 0.07 and
+    SimCLR's 0.5."""
+    x, t, w = _normal(6, 5), _normal(6, 5, seed=1), _normal(6, 5, seed=2)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=F64)
+    for name in ("MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss"):
+        torch.testing.assert_close(getattr(fastloss, name)()(x, t), getattr(torch.nn, name)()(x, t))
+    torch.testing.assert_close(fastloss.BCEWithLogitsLoss()(x, y[:, None].expand(6, 5)),
+                               torch.nn.BCEWithLogitsLoss()(x, y[:, None].expand(6, 5)))
+    torch.testing.assert_close(fastloss.TripletMarginLoss()(x, t, w), torch.nn.TripletMarginLoss()(x, t, w))
+    torch.testing.assert_close(fastloss.CosineEmbeddingLoss()(x, t, 2 * y - 1), torch.nn.CosineEmbeddingLoss()(x, t, 2 * y - 1))
+    torch.testing.assert_close(fastloss.ContrastiveLoss()(x, t, y), contrastive_oracle(x, t, y, 1.0, "euclidean"))
+    patches, target = _normal(2, 3, 4), _normal(2, 3, 4, seed=1) * 1e-3  # tiny variance: eps shows
+    mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)
+    torch.testing.assert_close(fastloss.MaskedMSELoss()(patches, target, mask), mae_patch_loss(patches, target, mask))
+    torch.testing.assert_close(fastloss.MaskedMSELoss(norm_target=True)(patches, target, mask),
+                               mae_patch_loss(patches, target, mask, True, 1e-6))
+    labels = _labels(6)
+    torch.testing.assert_close(fastloss.BatchContrastiveLoss()(x, labels), batch_contrastive_formula(x, labels, 0.0, 1.0))
+    torch.testing.assert_close(fastloss.BatchHardTripletLoss()(x, labels), batch_hard_formula(x, labels, 0.05))
+    torch.testing.assert_close(fastloss.InfoNCELoss()(x, t), oracle_info_nce(x, t, 0.07))
+    torch.testing.assert_close(fastloss.NTXentLoss()(x, t), oracle_nt_xent(x, t, 0.5))
+
+
+def test_module_reprs_name_their_settings():
+    assert repr(fastloss.ContrastiveLoss(margin=2.0, distance="manhattan", reduction="sum")) == \
+        "ContrastiveLoss(margin=2.0, distance='manhattan', reduction='sum')"
+    assert repr(fastloss.MaskedMSELoss(norm_target=True, eps=1e-4)) == "MaskedMSELoss(norm_target=True, eps=0.0001)"
+    assert repr(fastloss.BatchContrastiveLoss(0.1, 0.9, normalize=False, reduction="mean")) == \
+        "BatchContrastiveLoss(pos_margin=0.1, neg_margin=0.9, normalize=False, reduction='mean')"
+    assert repr(fastloss.BatchHardTripletLoss(0.2, soft=True)) == \
+        "BatchHardTripletLoss(margin=0.2, normalize=True, soft=True, reduction='avg_nonzero')"
+    assert repr(fastloss.InfoNCELoss(0.1, symmetric=True)) == \
+        "InfoNCELoss(temperature=0.1, symmetric=True, normalize=False, reduction='mean')"
+    learned = fastloss.InfoNCELoss(torch.nn.Parameter(torch.tensor(0.25)))
+    assert repr(learned) == "InfoNCELoss(temperature=tensor(0.25), symmetric=False, normalize=False, reduction='mean')"
+    assert repr(fastloss.NTXentLoss(torch.tensor(0.125), reduction="sum")) == \
+        "NTXentLoss(temperature=tensor(0.125), reduction='sum')"
+    assert repr(fastloss.NTXentLoss()) == "NTXentLoss(temperature=0.5, reduction='mean')"
+
+
+def _ops_that_ran(call):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    return {e.name for e in prof.events() if e.name.startswith("fastloss::")}
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_the_backend_asked_for_is_the_one_that_runs(backend_device):
+    """Each loss family's op of the chosen backend runs, forward and backward (the C++ ops on
+    "cpu", their Triton twins on "triton", none on "torch"): equal values alone could not tell
+    one backend from another."""
+    backend, device = backend_device
+    x = _normal(6, 4, device=device).requires_grad_()
+    t = _normal(6, 4, seed=1, device=device)
+    labels = _labels(6).to(device)
+    mask = torch.ones(6, device=device)
+    families = {
+        "pointwise_loss": lambda: fastloss.mse_loss(x, t, backend=backend).backward(),
+        "row_loss": lambda: fastloss.triplet_margin_loss(x, t, t.flip(0), backend=backend).backward(),
+        "masked_mse_loss": lambda: fastloss.masked_mse_loss(x, t, mask, backend=backend).backward(),
+        "batch_pair_loss": lambda: fastloss.batch_contrastive_loss(x, labels, backend=backend).backward(),
+        "info_nce_stats": lambda: fastloss.info_nce_loss(x, t, backend=backend).backward(),
+    }
+    for op, call in families.items():
+        ran = _ops_that_ran(call)
+        if backend == "torch":
+            assert not ran, (op, ran)
+        else:
+            expected = f"fastloss::{op}" + ("_triton" if backend == "triton" else "")
+            assert expected in ran, (op, ran)
+            assert all(name.rstrip("_").endswith("_triton") == (backend == "triton") for name in ran), (op, ran)

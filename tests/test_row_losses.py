@@ -359,3 +359,22 @@ def test_bad_input():
         fastloss.cosine_embedding_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"x1 must be \(\.\.\., D\) rows, got a 0-d tensor"):
         fastloss.contrastive_loss(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_triplet_swap_tie_splits_the_gradient_as_torch(backend_device, p):
+    """positive == anchor: d(a, n) and d(p, n) are equal bit for bit, and torch.minimum's
+    backward sends half the gradient to each (the rows are distinct tensors, so the halves land
+    on a and on p)."""
+    backend, device = backend_device
+    a = random((6, 5), torch.float64, device, requires_grad=True)
+    pos = a.detach().clone().requires_grad_()
+    neg = random((6, 5), torch.float64, device, requires_grad=True)
+    out = fastloss.triplet_margin_loss(a, pos, neg, margin=50.0, p=p, swap=True, reduction="sum", backend=backend)
+    grads = torch.autograd.grad(out, [a, pos, neg])
+    leaves = [t.detach().cpu().clone().requires_grad_() for t in (a, pos, neg)]
+    expected = F.triplet_margin_loss(*leaves, margin=50.0, p=p, swap=True, reduction="sum")
+    torch.testing.assert_close(out.detach().cpu(), expected.detach())
+    for got, want in zip(grads, torch.autograd.grad(expected, leaves)):
+        torch.testing.assert_close(got.cpu(), want)

@@ -51,9 +51,11 @@ MUTANTS = [
     ("csrc/cpu/kernel_helpers.h", "  for (int width = kLanes / 2; width > 0; width /= 2)",
      "  for (int width = kLanes / 4; width > 0; width /= 2)",
      "lane sum drops half the lanes (wrong lane count)", POINTWISE + ROWS),
-    ("csrc/cpu/kernel_helpers.h", "  for (int j = n; j < kLanes; ++j) dst[j] = Acc(0);  // defined lanes past a tail",
-     "  for (int j = n; j < kLanes; ++j) dst[j] = Acc(1);  // defined lanes past a tail",
-     "lanes past a tail hold 1, not 0", POINTWISE + ROWS + MASKED),
+    # (a first version filled the lanes past a tail with 1 instead of 0: equivalent, since every
+    # consumer masks those lanes, and replaced by this one)
+    ("csrc/cpu/pointwise_kernels.h", "  for (int j = 0; j < n; ++j) dst[j] = load<Acc>(src[(base + j) % period]);",
+     "  for (int j = 0; j < n; ++j) dst[j] = load<Acc>(src[(base + j + 1) % period]);",
+     "a broadcast weight's block read one element off", POINTWISE),
     ("csrc/cpu/row_loss.cpp", "  args.grad_scale = reduction == 1 ? 1.0 / double(n) : 1.0;",
      "  args.grad_scale = reduction != 0 ? 1.0 / double(n) : 1.0;",
      "row losses: 'sum' gradient divided by N", ROWS),
