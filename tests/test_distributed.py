@@ -264,10 +264,10 @@ def _primitives(rank, world):
         out[str(dtype)] = (counts, distributed.offset_of(counts), everything.detach(), x.grad)
     labels = distributed.gather_labels(torch.arange(rank + 1) * 10 + rank, counts)
     total = distributed.all_reduce_sum(torch.tensor([rank + 0.5, 2.0 ** -40]))
-    return out, labels, total, _local_losses(rank)
+    return out, labels, total, _losses_without_all_gather(rank)
 
 
-def _local_losses(rank):
+def _losses_without_all_gather(rank):
     """Each in-batch loss without all_gather: this rank's rows alone, even inside a process group."""
     g = torch.Generator().manual_seed(100 + rank)
     x, z = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
@@ -290,7 +290,7 @@ def test_primitives_gather_exactly_in_every_dtype():
             mine.append((torch.randn(rank + 1, 3, dtype=torch.float64, generator=g) * 1e3 + 1e-5).to(dtype))
         rows[str(dtype)] = torch.cat(mine)
     for rank, (out, labels, total, local) in enumerate(results):
-        torch.testing.assert_close(local, _local_losses(rank), rtol=0, atol=0)
+        torch.testing.assert_close(local, _losses_without_all_gather(rank), rtol=0, atol=0)
         for key, (counts, offset, everything, grad) in out.items():
             assert counts == [1, 2, 3] and offset == [0, 1, 3][rank], (key, counts, offset)
             assert everything.dtype == rows[key].dtype and torch.equal(everything, rows[key]), key

@@ -126,6 +126,8 @@ def main() -> int:
     parser.add_argument("--only", type=int, nargs="*", help="mutant numbers (from --list)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--work", default="/tmp/fastloss-cpp-mutation", help="the copy to build in")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the copy's earlier build (the sources are copied afresh; only what changed rebuilds)")
     args = parser.parse_args()
     chosen = [(k, m) for k, m in enumerate(MUTANTS) if not args.only or k in args.only]
     if args.list:
@@ -137,12 +139,20 @@ def main() -> int:
         if count != 1:
             raise SystemExit(f"mutant {k} ({what}): its text occurs {count} times in {path}")
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     for name in ("setup.py", "pyproject.toml", "csrc", "fastloss", "kernels", "tests"):
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name, **(
-            {"ignore": shutil.ignore_patterns("__pycache__", "_C*.so")} if src.is_dir() else {}))
+        for path in ([src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]):
+            if "__pycache__" in path.parts or path.name.startswith("_C"):
+                continue
+            dest = work / path.relative_to(REPO)
+            # only what differs, with a fresh time stamp (so that a file restored over a mutant
+            # left by an interrupted run is rebuilt)
+            if not dest.exists() or dest.read_bytes() != path.read_bytes():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, dest)
     env = {**os.environ, "FASTLOSS_CUDA": "0", "MAX_JOBS": os.environ.get("MAX_JOBS", "2"),
            "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     build = [sys.executable, "setup.py", "build_ext", "--inplace"]

@@ -112,7 +112,7 @@ def worker(index: int, jobs: int, plan_file: Path, out_file: Path) -> None:
     with out_file.open("a") as out:
         for item in [m for m in plan["mutants"] if m["worker"] == index]:
             path = item["path"]
-            args = [str(REPO / a) if a.endswith(".py") else a for a in selection_for(path)]
+            args = [str(REPO / a) if a.startswith("tests/") else a for a in selection_for(path)]
             key = " ".join(args)
             if key not in baselines:  # the unmutated package must pass the selection
                 outcome, seconds = _run_tests(root, args, 3600, logs / "baseline.log")
@@ -182,6 +182,8 @@ def main() -> int:
     parser.add_argument("--keys", nargs="*", help="only these mutants (path:line:index)")
     parser.add_argument("--out", default=str(REPO / "build" / "mutation"), help="folder for the results")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the killed mutants of an earlier run in --out; run the rest (survivors again)")
     parser.add_argument("--min-score", type=float, default=0.9, help="fail below this score")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
@@ -202,8 +204,15 @@ def main() -> int:
         print(f"{len(every)} mutants")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("worker-*.jsonl"):
+    earlier = [json.loads(line) for f in sorted(out.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    for old in out.glob("*.jsonl"):
         old.unlink()
+    if args.resume:  # a killed mutant stays killed (the tests only grow); the rest run again
+        keys = {m.key for m in every}
+        kept = {r["key"]: r for r in earlier if r["outcome"] in ("killed", "timeout") and r["key"] in keys}
+        (out / "earlier.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
+        every = [m for m in every if m.key not in kept]
+        print(f"{len(kept)} mutants killed in an earlier run kept", flush=True)
     plan = out / "plan.json"
     # whole files to each worker (the unmutated run of a file's selection then happens once),
     # the largest first to whichever worker has the fewest mutants so far
@@ -233,7 +242,7 @@ def main() -> int:
     if any(p.returncode for p in procs):
         print("a worker failed", file=sys.stderr)
         return 1
-    results = [json.loads(line) for f in sorted(out.glob("worker-*.jsonl")) for line in f.read_text().splitlines()]
+    results = [json.loads(line) for f in sorted(out.glob("*.jsonl")) for line in f.read_text().splitlines()]
     text, score = report(results, load_equivalent())
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(text + "\n")

@@ -44,6 +44,9 @@ BATCH = ["tests/test_batch_losses.py"]
 SOFTMAX = ["tests/test_info_nce.py"]
 AUTOGRAD = ["tests/test_autograd_fidelity.py"]
 DISTRIBUTED = ["tests/test_distributed.py"]
+# the plain-formula path of create_graph and torch.func, quickly
+PLAIN_PATH = ["tests/test_autograd_fidelity.py::test_func_grad_every_argument",
+              "tests/test_autograd_fidelity.py::test_jvp_and_forward_ad"]
 
 # The strongest quick tests first (pytest stops at the first failure): the modules-and-arguments
 # file checks every loss against its independent oracle in a few seconds.
@@ -54,12 +57,13 @@ SELECTIONS = {
     + BATCH,
     "fastloss/nn.py": MODULES + ["tests/test_pointwise_values.py"] + DROP_IN,
     "fastloss/distributed.py": DISTRIBUTED,
-    "fastloss/reference.py": MODULES + ["tests/test_pointwise_values.py"] + DROP_IN + MASKED + ["tests/test_row_losses.py"],
+    "fastloss/reference.py": MODULES + ["tests/test_pointwise_values.py"] + DROP_IN + MASKED
+    + ["tests/test_row_losses.py"] + PLAIN_PATH,
     "fastloss/ops/autograd.py": MODULES + AUTOGRAD + ["tests/test_pointwise_ops.py"] + SOFTMAX,
     "fastloss/ops/pointwise.py": MODULES + POINTWISE + DROP_IN,
-    "fastloss/ops/row.py": MODULES + ROWS,
-    "fastloss/ops/masked_mse.py": MODULES + MASKED,
-    "fastloss/ops/batch.py": MODULES + BATCH + DISTRIBUTED,
+    "fastloss/ops/row.py": MODULES + ROWS + PLAIN_PATH,
+    "fastloss/ops/masked_mse.py": MODULES + MASKED + PLAIN_PATH,
+    "fastloss/ops/batch.py": MODULES + BATCH + PLAIN_PATH + DISTRIBUTED,
     "fastloss/ops/info_nce.py": MODULES + SOFTMAX + DISTRIBUTED,
     "kernels/pointwise_loss.py": MODULES + POINTWISE,
     "kernels/row_loss.py": MODULES + ROWS,
