@@ -246,6 +246,8 @@ def batch_contrastive_formula(x, y, pos_margin, neg_margin, ref=None, ref_y=None
     nc = torch.where(~same, (neg_margin - d).clamp_min(0), 0.0)
     if reduction == "sum":
         return pc.sum() + nc.sum()
+    if reduction == "mean":  # over every pair, positive or negative
+        return (pc.sum() + nc.sum()) / (pos.sum() + (~same).sum()).clamp_min(1)
     return pc.sum() / (pc > 0).sum().clamp_min(1) + nc.sum() / (nc > 0).sum().clamp_min(1)
 
 

@@ -116,7 +116,8 @@ def _local_losses(rank, world, sizes, extras, seed):
         kx = k[b:][slices(extras)[rank]] if kind == "info_nce" else k[:0]
         ql = q[mine].float().requires_grad_()
         kl = torch.cat([kq, kx]).float().requires_grad_()
-        t = torch.tensor(0.3, requires_grad=True)
+        # a learned temperature, except for "sum": a plain number there (no temperature gradient)
+        t = torch.tensor(0.3, requires_grad=True) if reduction != "sum" else 0.3
         if kind == "nt_xent":
             loss = fastloss.nt_xent_loss(ql, kl, t, reduction=reduction, backend=backend, all_gather=True)
         else:
@@ -124,7 +125,7 @@ def _local_losses(rank, world, sizes, extras, seed):
                                           reduction=reduction, backend=backend, all_gather=True)
         g = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape) if reduction == "none" else torch.tensor(1.0)
         loss.backward(g)
-        out.append((loss.detach(), ql.grad, kl.grad, t.grad))
+        out.append((loss.detach(), ql.grad, kl.grad, t.grad if reduction != "sum" else None))
     return out
 
 
@@ -172,6 +173,9 @@ def test_global_losses_and_gradients_equal_the_single_process_ones(sizes, extras
             mine_k = torch.cat([kd.grad[:b][s], kd.grad[b:][slices(extras)[rank]]]) if kind == "info_nce" \
                 else kd.grad[:b][s]
             torch.testing.assert_close(gk.double() / world_factor, mine_k, rtol=2e-4, atol=2e-6, msg=what)
+        if reduction == "sum":
+            assert all(r[index][3] is None for r in per_rank)
+            continue
         t_grad = torch.stack([r[index][3] for r in per_rank]).double().mean() * t_factor
         torch.testing.assert_close(t_grad, td.grad, rtol=2e-4, atol=2e-6, msg=f"{what}: temperature")
 
@@ -418,3 +422,37 @@ def test_global_batch_hard_equals_the_single_process_loss(sizes):
     for index, (reduction, soft, backend) in enumerate(HARD_CASES):
         assert_ranks_match(per_rank, index, lambda xd: hard_triplet_oracle(xd, y, 0.4, soft, True, reduction),
                            x, sizes, f"batch-hard {reduction} soft={soft} {backend}")
+
+
+def _clustered_hard_triplet(rank, world, sizes):
+    out = []
+    for backend in BACKENDS:
+        x, y = clustered_batch(sizes)
+        xl = x[slices(sizes)[rank]].float().requires_grad_()
+        loss = fastloss.batch_hard_triplet_loss(xl, y[slices(sizes)[rank]], 0.3, backend=backend, all_gather=True)
+        loss.backward()
+        out.append((loss.detach(), xl.grad))
+    return out
+
+
+def clustered_batch(sizes, d=4):
+    """Tight clusters per label, one of them far from the rest: its anchors cost 0, the others
+    do not, so avg_nonzero's count of costs > 0 differs from the count of anchors."""
+    g = torch.Generator().manual_seed(11)
+    n = sum(sizes)
+    y = torch.arange(n) % 3
+    centres = torch.tensor([[1.0, 0, 0, 0], [0.8, 0.6, 0, 0], [-1.0, 0, 0, 0]], dtype=torch.float64)
+    return centres[y] + 0.25 * torch.randn(n, d, generator=g, dtype=torch.float64), y
+
+
+def test_global_batch_hard_counts_only_the_costs_above_zero():
+    sizes = [5, 4]
+    per_rank = run_ranks(2, _clustered_hard_triplet, sizes)
+    x, y = clustered_batch(sizes)
+    # the case is as claimed: some anchors cost 0 (the mean over the costs > 0 exceeds the mean
+    # over every anchor), so the two counts differ
+    assert hard_triplet_oracle(x, y, 0.3, False, True, "avg_nonzero") > 1.05 * hard_triplet_oracle(
+        x, y, 0.3, False, True, "mean") > 0
+    for index, backend in enumerate(BACKENDS):
+        assert_ranks_match(per_rank, index, lambda xd: hard_triplet_oracle(xd, y, 0.3, False, True, "avg_nonzero"),
+                           x, sizes, f"clustered batch-hard {backend}")

@@ -187,6 +187,12 @@ def test_in_batch_modules_as_their_definitions(backend_device):
     _compare(lambda a, b: summed(a, y, b, ry),
              lambda a, b: batch_contrastive_formula(a, y.cpu(), 0.1, 1.3, ref=b, ref_y=ry.cpu(), reduction="sum"),
              [x, r], "BatchContrastiveLoss with a reference set")
+    averaged = fastloss.BatchContrastiveLoss(0.1, 1.3, reduction="mean", backend=backend)
+    _compare(lambda a, b: averaged(a, y, b, ry),
+             lambda a, b: batch_contrastive_formula(a, y.cpu(), 0.1, 1.3, ref=b, ref_y=ry.cpu(), reduction="mean"),
+             [x, r], "BatchContrastiveLoss mean")
+    _compare(lambda a: fastloss.BatchContrastiveLoss(0.3, 0.8, reduction="mean", backend=backend)(a, y),
+             lambda a: batch_contrastive_formula(a, y.cpu(), 0.3, 0.8, reduction="mean"), [x], "mean in the batch")
     hard = fastloss.BatchHardTripletLoss(0.3, backend=backend)
     _compare(lambda a: hard(a, y), lambda a: batch_hard_formula(a, y.cpu(), 0.3), [x], "BatchHardTripletLoss")
     soft = fastloss.BatchHardTripletLoss(soft=True, reduction="mean", backend=backend)
