@@ -406,6 +406,10 @@ def test_bad_input():
         fastloss.info_nce_loss(q, k, torch.tensor(-1.0))
     with pytest.raises(ValueError, match=r"temperature must be a scalar .* got a tensor of shape \(2,\)"):
         fastloss.info_nce_loss(q, k, torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"temperature must be a scalar .* got a tensor of shape \(1, 1\)"):
+        fastloss.info_nce_loss(q, k, torch.tensor([[0.1]]))
+    torch.testing.assert_close(fastloss.info_nce_loss(q, k[:6], torch.tensor([0.25])),  # one element, 1-d: accepted
+                               fastloss.info_nce_loss(q, k[:6], 0.25))
     with pytest.raises(TypeError, match=r"temperature must be floating point, got torch.int64"):
         fastloss.info_nce_loss(q, k, torch.tensor(1))
     with pytest.raises(TypeError, match=r"temperature must be a float or a 0-d tensor, got str"):
