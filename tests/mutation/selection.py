@@ -58,7 +58,7 @@ SELECTIONS = {
     "fastloss/nn.py": MODULES + ["tests/test_pointwise_values.py"] + DROP_IN,
     "fastloss/distributed.py": DISTRIBUTED,
     "fastloss/reference.py": MODULES + ["tests/test_pointwise_values.py"] + DROP_IN + MASKED
-    + ["tests/test_row_losses.py"] + PLAIN_PATH + BATCH + SOFTMAX,
+    + ["tests/test_row_losses.py"] + PLAIN_PATH + BATCH + SOFTMAX + DISTRIBUTED,
     "fastloss/ops/autograd.py": MODULES + AUTOGRAD + ["tests/test_pointwise_ops.py"] + SOFTMAX,
     "fastloss/ops/pointwise.py": MODULES + POINTWISE + DROP_IN,
     "fastloss/ops/row.py": MODULES + ROWS + PLAIN_PATH,
