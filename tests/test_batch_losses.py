@@ -491,3 +491,19 @@ def test_a_set_holding_the_queries_against_the_definition(backend_device, offset
     _close(value, expected.detach(), torch.float64, "sum")
     _close(grad_q, expected_q, torch.float64, "gradient of the queries")
     _close(grad_r, expected_r, torch.float64, "gradient of the set")
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_pairs_exactly_at_a_margin_pass_no_gradient(backend_device):
+    """relu's gradient at 0 is 0 (torch's and pytorch-metric-learning's): a negative pair at
+    exactly neg_margin and a positive pair at exactly pos_margin (distances exact in the matrix
+    form: |q|^2 + |r|^2 - 2 q.r of small integers) add no gradient."""
+    backend, device = backend_device
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 2.0]], dtype=torch.float64, device=device,
+                     requires_grad=True)
+    y = torch.tensor([0, 1, 2, 2], device=device)  # (0, 1) at 1 = neg_margin; (2, 3) positives at 3 = pos_margin
+    for reduction in ("sum", "mean", "avg_nonzero"):
+        check(lambda t: fastloss.batch_contrastive_loss(t, y, 3.0, 1.0, normalize=False, reduction=reduction,
+                                                        backend=backend),
+              lambda t: oracle_contrastive(t, y.cpu(), 3.0, 1.0, normalize=False, reduction=reduction), [x],
+              torch.float64, f"margin ties {reduction}")
