@@ -70,6 +70,13 @@ def test_scale_is_exact_and_in_place(backend_device):
     assert torch.equal(g, before)
     op(g, torch.tensor(3.0, device=device))
     assert torch.equal(g, before * 3.0)
+    # 1 is recognised by its bits, not by a conversion: the numbers whose integer value is 1.0's
+    # bit pattern scale as any other
+    for dtype, pattern in ((torch.float32, 0x3F800000), (torch.float64, 0x3FF0000000000000)):
+        h = random((37,), dtype, device)
+        expected = h * float(pattern)
+        op(h, torch.tensor(float(pattern), dtype=dtype, device=device))
+        assert torch.equal(h, expected), dtype
 
 
 @pytest.mark.parametrize("backend_device", KERNEL_BACKENDS)

@@ -185,7 +185,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "build" / "mutation"), help="folder for the results")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the killed mutants of an earlier run in --out; run the rest (survivors again)")
+                        help="keep the killed (and the equivalent) mutants of an earlier run in --out; run the rest")
     parser.add_argument("--min-score", type=float, default=0.9, help="fail below this score")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="do not run each selection unmutated first (only where the suite is known to pass)")
@@ -213,7 +213,9 @@ def main() -> int:
         old.unlink()
     if args.resume:  # a killed mutant stays killed (the tests only grow); the rest run again
         keys = {m.key for m in every}
-        kept = {r["key"]: r for r in earlier if r["outcome"] in ("killed", "timeout") and r["key"] in keys}
+        equivalent = load_equivalent()
+        kept = {r["key"]: r for r in earlier
+                if (r["outcome"] in ("killed", "timeout") or r["key"] in equivalent) and r["key"] in keys}
         (out / "earlier.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
         every = [m for m in every if m.key not in kept]
         print(f"{len(kept)} mutants killed in an earlier run kept", flush=True)
