@@ -30,10 +30,10 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 test: setup
 	$(PY) -m pytest -q tests
 
-# Mutation testing (tests/mutation/README.md): a seeded 10% sample of the Python mutants (fastloss/ and
+# Mutation testing (tests/mutation/README.md): a seeded 5% sample of the Python mutants (fastloss/ and
 # the Triton kernels under the interpreter; MUTATION_SAMPLE=1 for all of them, several hours here),
 # then the hand-written C++ mistakes, each with a rebuild of the CPU extension. Not part of CI.
-MUTATION_SAMPLE ?= 0.1
+MUTATION_SAMPLE ?= 0.05
 mutation: setup
 	$(PY) tests/mutation/run.py --sample $(MUTATION_SAMPLE) --jobs 2; python_status=$$?; \
 	$(PY) tests/mutation/cpp_mutants.py; cpp_status=$$?; \
