@@ -337,14 +337,19 @@ CONTRASTIVE_CASES = [(reduction, normalize, backend) for reduction in ("avg_nonz
 def _local_contrastive(rank, world, sizes, seed):
     out = []
     for reduction, normalize, backend in CONTRASTIVE_CASES:
-        x, y = contrastive_batch(seed, sizes)
-        mine = slices(sizes)[rank]
-        xl = x[mine].float().requires_grad_()
-        loss = fastloss.batch_contrastive_loss(xl, y[mine], 0.3, 0.9, normalize=normalize, reduction=reduction,
+        xl, yl = rank_rows(seed, sizes, rank)
+        loss = fastloss.batch_contrastive_loss(xl, yl, 0.3, 0.9, normalize=normalize, reduction=reduction,
                                                backend=backend, all_gather=True)
         loss.backward()
         out.append((loss.detach(), xl.grad))
     return out
+
+
+def rank_rows(seed, sizes, rank):
+    """This rank's slice of the global batch: its rows (float32, requiring grad) and labels."""
+    x, y = contrastive_batch(seed, sizes)
+    mine = slices(sizes)[rank]
+    return x[mine].float().requires_grad_(), y[mine]
 
 
 def contrastive_batch(seed, sizes, d=5):
@@ -405,10 +410,8 @@ HARD_CASES = [(reduction, soft, backend) for reduction in ("avg_nonzero", "mean"
 def _local_hard_triplet(rank, world, sizes, seed):
     out = []
     for reduction, soft, backend in HARD_CASES:
-        x, y = contrastive_batch(seed, sizes)
-        mine = slices(sizes)[rank]
-        xl = x[mine].float().requires_grad_()
-        loss = fastloss.batch_hard_triplet_loss(xl, y[mine], 0.4, soft=soft, reduction=reduction, backend=backend,
+        xl, yl = rank_rows(seed, sizes, rank)
+        loss = fastloss.batch_hard_triplet_loss(xl, yl, 0.4, soft=soft, reduction=reduction, backend=backend,
                                                 all_gather=True)
         loss.backward()
         out.append((loss.detach(), xl.grad))
