@@ -18,7 +18,7 @@ setup: $(VENV)/.built
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja setuptools wheel \
-		pytest pytest-benchmark scikit-learn expecttest pytorch-metric-learning==2.9.0 tqdm
+		pytest pytest-benchmark scikit-learn expecttest pytorch-metric-learning==2.9.0 tqdm matplotlib
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
@@ -39,14 +39,15 @@ mutation: setup
 	$(PY) tests/mutation/cpp_mutants.py; cpp_status=$$?; \
 	exit $$(( python_status || cpp_status ))
 
-# The benchmark reports (CPU here: two allocator regimes; see the README's Benchmarks), then the
-# in-batch losses' report (time and peak memory against pytorch-metric-learning; about 20 min here).
+# The benchmark report (bench/report.py; the README's Benchmarks): BENCH=full (default, about 28 min
+# on a 2-core CPU) or BENCH=quick (about 4 min). It writes bench/out/<cpu|gpu>/, which git ignores;
+# BENCH_ARGS=--refresh-results rewrites the committed bench/results/<cpu|gpu>/ instead. Nothing is
+# installed on the system: without tcmalloc the caching-allocator regime uses glibc's own tunables.
+BENCH ?= full
+BENCH_ARGS ?=
 bench: setup
-	@command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 && \
-		{ apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
-		  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; } || true
-	$(PY) bench/report.py
-	$(PY) bench/batch_report.py
+	@echo "make bench: the $(BENCH) report, about $(if $(filter quick,$(BENCH)),4,28) min on a 2-core CPU$(if $(filter quick,$(BENCH)),, (BENCH=quick: about 4 min))"
+	$(PY) bench/report.py $(if $(filter quick,$(BENCH)),--quick) $(BENCH_ARGS)
 
 # A wheel for the GPUs in TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX), tagged with CUDA and torch.
 wheel: $(VENV)/.deps

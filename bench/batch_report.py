@@ -1,34 +1,33 @@
-"""The in-batch losses' report: forward+backward time and peak extra memory of fastloss's tiled
+"""The in-batch losses' part of the report: time and peak extra memory of fastloss's tiled
 kernels against pytorch-metric-learning and a materialised torch formula (eager and under
-torch.compile), and fastloss's effective FLOP/s against a matrix product measured in the same run.
+torch.compile), in three modes, with fastloss's effective FLOP/s against a matrix product
+measured in the same run. `bench/report.py` runs it; alone:
 
-    python bench/batch_report.py [--sizes 1024,4096,16384,32768,65536] [--dims 128,512] [--losses ...]
-                                 [--out DIR] [--name STEM]
+    python bench/batch_report.py [--sizes 1024,4096,16384,32768] [--dims 128] [--losses ...]
+                                 [--modes forward,train,backward] [--memory-gib 12] [--out DIR]
 
 The embeddings are Gaussian rows (far apart after normalisation: few negative pairs within
 neg_margin = 1, and with N / 16 labels few positive pairs, so most coefficient tiles are zeros
 and fastloss skips their products) and, for fastloss, also "clustered" rows (1 + 0.3 x Gaussian:
 every negative pair within the margin, the dense case) at D = 128. Every (loss, N, D, provider)
-runs in a fresh process (peak memory is per process): one warm-up
-step (compilation included, its time reported apart), then timed steps; the peak extra memory
-is the process's peak resident memory during a timed step minus its resident memory before it
-(Linux: VmHWM reset through /proc/self/clear_refs). A provider that runs out of memory (each
-process may allocate at most --memory-gib) or time is reported so, and not run at larger N.
-Effective FLOP/s counts the three products a materialised forward+backward needs, 3 * 2 * R * C * D
-for an R x C matrix (N x N; B x B for InfoNCE and CLIP; 2B x 2B for NT-Xent, N = B per view);
-fastloss's tiled softmax losses do four (the backward recomputes the logits), so 75% of the
-ceiling is their limit. The ceiling is float32 matrix products of 4096 x D by D x 4096
-(compute-bound, the same D) timed in the same run.
+runs in a fresh process (peak memory is per process): its loss and gradients are first compared
+with float64 (the materialised formula of fastloss.reference up to N = 8192, above it fastloss's
+float64 tiled kernel, itself tested against the formula), then each mode is timed (torch.compile's
+first call, the compilation, reported apart). The peak extra memory is the process's peak
+resident memory during a timed step minus its resident memory before it (Linux: VmHWM reset
+through /proc/self/clear_refs). A provider that runs out of memory (each process may allocate at
+most --memory-gib) or time is reported so, and not run at larger N.
 
-The softmax losses (info_nce, clip: symmetric InfoNCE, nt_xent on two views of N rows) take unit
-Gaussian rows, temperature 0.07 (0.5 for NT-Xent); the materialised formula is fastloss.reference's
-(F.cross_entropy on the logits), pytorch-metric-learning's NTXentLoss the peer for NT-Xent.
+Effective FLOP/s counts the products a materialised pass needs: 2 R C D for the R x C matrix in
+the forward, twice that more in the backward (N x N; B x B for InfoNCE and CLIP; 2B x 2B for
+NT-Xent, N = B per view). fastloss's tiled softmax losses recompute the logits in the backward,
+so their limit in training is 75% of the ceiling: float32 matrix products of 4096 x D by D x 4096
+(compute-bound, the same D) timed in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -39,20 +38,27 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
 MARGIN_LOSSES = ("batch_contrastive", "batch_hard_triplet")
 SOFTMAX_LOSSES = ("info_nce", "clip", "nt_xent")
 LOSSES = MARGIN_LOSSES + SOFTMAX_LOSSES
+MODES = ("forward", "train", "backward")
 PROVIDERS = ("fastloss-cpu", "pml", "torch-eager", "torch-compile")
-# who runs each loss: pml has no InfoNCE with a separate key set; the margin losses' materialised
-# formula is kept to torch.compile (its eager form is slower still)
+# who runs each loss: pml has no InfoNCE with a separate key set; for the margin losses pml is the
+# eager materialised computation a user would run, the formula is kept to torch.compile
 PROVIDERS_OF = {"batch_contrastive": ("fastloss-cpu", "pml", "torch-compile"),
                 "batch_hard_triplet": ("fastloss-cpu", "pml", "torch-compile"),
                 "info_nce": ("fastloss-cpu", "torch-eager", "torch-compile"),
                 "clip": ("fastloss-cpu", "torch-eager", "torch-compile"),
                 "nt_xent": ("fastloss-cpu", "pml", "torch-eager", "torch-compile")}
-CLUSTERED = ", clustered rows"
-CLUSTERED_SIZES = (4096, 16384)  # at D = 128
+CLUSTERED_SIZES = (4096, 16384)  # at D = 128, fastloss's margin losses, training
 SAMPLES_PER_CLASS = 16  # labels: N / 16 classes, as a P x K sampler gives
+CHECK_FORMULA_MAX = 8192  # up to this N the float64 reference is the materialised formula
+FUSED = "fused: the gradient is computed in the forward pass (see train)"
+# batch-hard picks each anchor's hardest candidates by argmax/argmin: near-ties (gaps below
+# float32's resolution) can pick another candidate in float64, moving that anchor's gradient
+GRAD_TOLERANCE = {"batch_hard_triplet": 2e-2}
 
 
 def _rss(field: str) -> int:
@@ -62,96 +68,144 @@ def _rss(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _softmax_step(loss: str, provider: str, x, k):
+def loss_fn(loss: str, provider: str, dtype_note: str = ""):
+    """fn(x, y) -> loss of `provider`: y the labels (margin losses) or the keys / second view."""
     import torch
 
     import fastloss
     from fastloss import reference
 
-    if provider == "pml":  # NT-Xent: the two views as one batch, each pair sharing a label
-        from pytorch_metric_learning import losses
+    if provider.startswith("fastloss-"):
+        backend = provider.split("-", 1)[1]
+        return {"batch_contrastive": lambda x, y: fastloss.batch_contrastive_loss(x, y, backend=backend),
+                "batch_hard_triplet": lambda x, y: fastloss.batch_hard_triplet_loss(x, y, backend=backend),
+                "info_nce": lambda x, y: fastloss.info_nce_loss(x, y, 0.07, normalize=True, backend=backend),
+                "clip": lambda x, y: fastloss.info_nce_loss(x, y, 0.07, symmetric=True, normalize=True,
+                                                            backend=backend),
+                "nt_xent": lambda x, y: fastloss.nt_xent_loss(x, y, 0.5, backend=backend)}[loss]
+    if provider == "pml":
+        from pytorch_metric_learning import losses, miners
 
-        peer, labels = losses.NTXentLoss(temperature=0.5), torch.arange(x.shape[0]).repeat(2)
-        return lambda: peer(torch.cat([x, k]), labels).backward()
-    if provider == "fastloss-cpu":
-        if loss == "nt_xent":
-            return lambda: fastloss.nt_xent_loss(x, k, 0.5, backend="cpu").backward()
-        return lambda: fastloss.info_nce_loss(x, k, 0.07, symmetric=loss == "clip", normalize=True,
-                                              backend="cpu").backward()
-    if loss == "nt_xent":
-        formula = lambda a, b: reference.nt_xent_loss(a, b, 0.5)  # noqa: E731
-    else:
-        formula = lambda a, b: reference.info_nce_loss(a, b, 0.07, loss == "clip", True)  # noqa: E731
-    formula = torch.compile(formula) if provider == "torch-compile" else formula
-    return lambda: formula(x, k).backward()
+        if loss == "batch_contrastive":
+            return losses.ContrastiveLoss()
+        if loss == "batch_hard_triplet":
+            miner, peer = miners.BatchHardMiner(), losses.TripletMarginLoss(margin=0.05)
+            return lambda x, y: peer(x, y, miner(x, y))
+        peer = losses.NTXentLoss(temperature=0.5)  # the two views as one batch, a pair per label
+        return lambda x, y: peer(torch.cat([x, y]), torch.arange(x.shape[0], device=x.device).repeat(2))
+    formula = {"batch_contrastive": lambda x, y: reference.batch_contrastive_loss(x, y),
+               "batch_hard_triplet": lambda x, y: reference.batch_hard_triplet_loss(x, y),
+               "info_nce": lambda x, y: reference.info_nce_loss(x, y, 0.07, False, True),
+               "clip": lambda x, y: reference.info_nce_loss(x, y, 0.07, True, True),
+               "nt_xent": lambda x, y: reference.nt_xent_loss(x, y, 0.5)}[loss]
+    return torch.compile(formula) if provider == "torch-compile" else formula
 
 
-def _step(loss: str, provider: str, x, y):
+def flops(loss: str, n: int, d: int, mode: str) -> float:
+    """The products of a materialised pass of `mode`: 2 R C D forward, 4 R C D backward."""
+    side = 2 * n if loss == "nt_xent" else n
+    return {"forward": 2, "train": 6, "backward": 4}[mode] * side * side * d
+
+
+def make_inputs(loss: str, n: int, d: int, clustered: bool):
     import torch
 
-    import fastloss
-    from fastloss import reference
-
+    torch.manual_seed(0)
+    x = (1.0 + 0.3 * torch.randn(n, d) if clustered else torch.randn(n, d)).requires_grad_()
     if loss in SOFTMAX_LOSSES:
-        return _softmax_step(loss, provider, x, y)
-    if provider == "fastloss-cpu":
-        fn = fastloss.batch_contrastive_loss if loss == "batch_contrastive" else fastloss.batch_hard_triplet_loss
-        return lambda: fn(x, y, backend="cpu").backward()
-    if provider == "torch-compile":
-        formula = reference.batch_contrastive_loss if loss == "batch_contrastive" else reference.batch_hard_triplet_loss
-        compiled = torch.compile(formula)
-        return lambda: compiled(x, y).backward()
-    from pytorch_metric_learning import losses, miners
-
-    if loss == "batch_contrastive":
-        peer = losses.ContrastiveLoss()
-        return lambda: peer(x, y).backward()
-    miner, peer = miners.BatchHardMiner(), losses.TripletMarginLoss(margin=0.05)
-    return lambda: peer(x, y, miner(x, y)).backward()
+        return x, torch.randn(n, d).requires_grad_()
+    return x, torch.randint(0, max(1, n // SAMPLES_PER_CLASS), (n,))
 
 
-def child(loss: str, provider: str, n: int, d: int, memory_gib: float) -> dict:
-    """One case in this process: the JSON result is the last line on stdout."""
+def check(loss: str, fn, x, y, n: int) -> dict:
+    """The provider's loss and gradients against float64 (the first call: a warm-up too)."""
+    import honesty
+
+    reference_fn = loss_fn(loss, "torch-eager") if n <= CHECK_FORMULA_MAX else loss_fn(loss, "fastloss-cpu")
+    t0 = time.perf_counter()
+    got = honesty.evaluate(fn, (x, y), {}, with_grads=True)
+    first = time.perf_counter() - t0
+    expected = honesty.reference(reference_fn, (x, y), {})
+    loss_error = honesty.relative_error((got[0], []), (expected[0], []))
+    grad_error = honesty.relative_error((expected[0], got[1]), expected)
+    tolerance = honesty.TOLERANCE[x.dtype]
+    ok = honesty.agrees(loss_error, x.dtype) and grad_error <= GRAD_TOLERANCE.get(loss, tolerance)
+    return {"error_rel": max(loss_error, grad_error), "ok": bool(ok), "first_call": first,
+            "reference": "float64 formula" if n <= CHECK_FORMULA_MAX else "fastloss float64 kernel"}
+
+
+def _timed_steps(step, budget: float = 1.0, most: int = 15) -> dict:
+    """Three steps (fewer when they take over 2 budgets), more until `budget` seconds or `most`
+    steps; the median, min and max seconds and the peak extra memory."""
+    times, peaks = [], []
+    while not times or (len(times) < 3 and sum(times) < 2 * budget) or (sum(times) < budget and len(times) < most):
+        base = _rss("VmRSS:")
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        peaks.append(_rss("VmHWM:") - base)
+    return {"seconds": statistics.median(times), "min": min(times), "max": max(times), "steps": len(times),
+            "peak_extra_bytes": max(peaks)}
+
+
+def child(loss: str, provider: str, n: int, d: int, rows_kind: str, modes: list[str], memory_gib: float) -> list:
+    """One (loss, provider, N, D) in this process, each mode: the rows, as JSON on stdout's last line."""
     limit = int(memory_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     import torch
 
-    torch.manual_seed(0)
-    clustered = provider.endswith(CLUSTERED)
-    x = (1.0 + 0.3 * torch.randn(n, d) if clustered else torch.randn(n, d)).requires_grad_()
-    if loss in SOFTMAX_LOSSES:  # y: the keys (the second view)
-        y = torch.randn(n, d).requires_grad_()
-    else:
-        y = torch.randint(0, max(1, n // SAMPLES_PER_CLASS), (n,))
-    result = {"loss": loss, "provider": provider, "n": n, "d": d}
-    provider = provider.removesuffix(CLUSTERED)
+    x, y = make_inputs(loss, n, d, rows_kind == "clustered")
+    base = {"loss": loss, "provider": provider, "n": n, "d": d, "rows_kind": rows_kind}
+    rows = []
+    fn = loss_fn(loss, provider)
+    leaves = [t for t in (x, y) if t.requires_grad]
+    if provider.startswith("fastloss-"):  # no compilation: warm up at a small size
+        small = (x[:256].detach().requires_grad_(), y[:256].detach().requires_grad_(y.requires_grad))
+        fn(*small).sum().backward()
     try:
-        step = _step(loss, provider, x, y)
-        if provider == "fastloss-cpu":  # no compilation: warm up at a small size
-            small = y[:256].detach().requires_grad_(y.requires_grad)
-            _step(loss, provider, x[:256].detach().requires_grad_(), small)()
-            warm = 0.0
-        else:
-            t0 = time.perf_counter()
-            step()
-            warm = time.perf_counter() - t0
-        times, peaks = [], []
-        while len(times) < 3 and (not times or sum(times) < 4.0):
-            x.grad = y.grad = None
-            base = _rss("VmRSS:")
-            Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-            peaks.append(_rss("VmHWM:") - base)
-        result.update(seconds=statistics.median(times), peak_extra_bytes=max(peaks), steps=len(times))
-        if provider == "torch-compile":
-            result["compile_seconds"] = max(0.0, warm - result["seconds"])
+        verdict = check(loss, fn, x, y, n)
+        for mode in modes:
+            row = dict(base, mode=mode, error_rel=verdict["error_rel"], ok=verdict["ok"], reference=verdict["reference"])
+            if mode == "train":
+                def step():
+                    for t in leaves:
+                        t.grad = None
+                    fn(x, y).backward()
+                row.update(_timed_steps(step))
+                if provider == "torch-compile":
+                    row["compile_seconds"] = max(0.0, verdict["first_call"] - row["seconds"])
+            elif mode == "forward":
+                def step():
+                    with torch.no_grad():
+                        fn(x, y)
+                if provider == "torch-compile":  # the no-grad graph is compiled apart
+                    t0 = time.perf_counter()
+                    step()
+                    first = time.perf_counter() - t0
+                row.update(_timed_steps(step))
+                if provider == "torch-compile":
+                    row["compile_seconds"] = max(0.0, first - row["seconds"])
+            else:
+                if provider.startswith("fastloss-") and loss in MARGIN_LOSSES:
+                    rows.append(dict(row, skipped=FUSED))
+                    continue
+                if provider == "torch-compile":  # compiled again: its donated buffers forbid retain_graph
+                    torch._dynamo.reset()
+                    torch._functorch.config.donated_buffer = False
+                    fn = loss_fn(loss, provider)
+                graph = fn(x, y)
+                torch.autograd.grad(graph, leaves, retain_graph=True)  # warm-up
+                row.update(_timed_steps(lambda: torch.autograd.grad(graph, leaves, retain_graph=True)))
+                del graph
+            row["flops"] = flops(loss, n, d, mode)
+            rows.append(row)
     except (MemoryError, RuntimeError) as exc:
         if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
             raise
-        result["error"] = f"out of memory (over {memory_gib:g} GiB)"
-    return result
+        done = {r["mode"] for r in rows}
+        rows += [dict(base, mode=m, error=f"out of memory (over {memory_gib:g} GiB)") for m in modes if m not in done]
+    return rows
 
 
 def matmul_ceiling(d: int) -> float:
@@ -161,132 +215,150 @@ def matmul_ceiling(d: int) -> float:
     a, b = torch.randn(4096, d), torch.randn(d, 4096)
     out = torch.empty(4096, 4096)
     torch.mm(a, b, out=out)
-    best = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(5))
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
     return 2 * 4096 * 4096 * d / best
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def run(loss: str, provider: str, n: int, d: int, args) -> dict:
-    command = [sys.executable, __file__, "--child", f"{loss}|{provider}|{n}|{d}", "--memory-gib", str(args.memory_gib)]
+def run_case(loss: str, provider: str, n: int, d: int, rows_kind: str, modes: list[str],
+             memory_gib: float, timeout: int) -> list[dict]:
+    """child() in a fresh process."""
+    spec = json.dumps([loss, provider, n, d, rows_kind, modes, memory_gib])
+    base = {"loss": loss, "provider": provider, "n": n, "d": d, "rows_kind": rows_kind}
     try:
-        out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             timeout=args.timeout)
+        out = subprocess.run([sys.executable, __file__, "--child", spec], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"loss": loss, "provider": provider, "n": n, "d": d, "error": f"over {args.timeout} s"}
+        return [dict(base, mode=m, error=f"over {timeout} s") for m in modes]
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
         killed = out.returncode < 0 or "memory" in out.stderr.lower()
-        why = f"out of memory (over {args.memory_gib:g} GiB)" if killed else out.stderr.strip().splitlines()[-1]
-        return {"loss": loss, "provider": provider, "n": n, "d": d, "error": why}
+        why = f"out of memory (over {memory_gib:g} GiB)" if killed else (out.stderr.strip().splitlines() or ["?"])[-1]
+        return [dict(base, mode=m, error=why) for m in modes]
     return json.loads(lines[-1])
 
 
-def table(rows: list[dict], ceilings: dict) -> str:
-    lines = ["| loss | N | D | provider | time (s) | peak extra memory | effective GFLOP/s | % of matmul | "
-             "vs pml | vs eager | vs compile |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    index = {(r["loss"], r["n"], r["d"], r["provider"]): r for r in rows}
+def plan(losses: list[str], sizes: list[int], dims: list[int], providers: list[str]) -> list[tuple]:
+    """(loss, provider, n, d, rows_kind) of every case, in running order."""
+    cases = []
+    for d in dims:
+        for loss in losses:
+            for n in sizes:
+                for provider in (p for p in PROVIDERS_OF[loss] if p in providers):
+                    cases.append((loss, provider, n, d, "gaussian"))
+                if loss in MARGIN_LOSSES and d == 128 and n in CLUSTERED_SIZES and "fastloss-cpu" in providers:
+                    cases.append((loss, "fastloss-cpu", n, d, "clustered"))
+    return cases
+
+
+def measure(cases: list[tuple], modes: list[str], memory_gib: float, timeout: int, progress=None) -> dict:
+    """Every case in its own process (a provider that ran out is not run at larger N), and the
+    matrix-product ceilings before and after (the better kept)."""
+    dims = sorted({case[3] for case in cases})
+    ceilings = {d: matmul_ceiling(d) for d in dims}
+    rows, failed = [], set()
+    for loss, provider, n, d, kind in cases:
+        if progress:
+            progress.set_description(f"in-batch {loss} N={n} D={d} {provider}{' clustered' if kind != 'gaussian' else ''}")
+        key = (loss, provider, d, kind)
+        case_modes = ["train"] if kind == "clustered" else modes
+        if key in failed:
+            rows += [{"loss": loss, "provider": provider, "n": n, "d": d, "rows_kind": kind, "mode": m,
+                      "error": "not run (ran out at a smaller N)"} for m in case_modes]
+        else:
+            result = run_case(loss, provider, n, d, kind, case_modes, memory_gib, timeout)
+            rows += result
+            if any("error" in r for r in result):
+                failed.add(key)
+        if progress:
+            progress.update(1)
+    for d in dims:
+        ceilings[d] = max(ceilings[d], matmul_ceiling(d))
     for r in rows:
-        key = (r["loss"], r["n"], r["d"])
-        if "error" in r:
-            lines.append(f"| {r['loss']} | {r['n']} | {r['d']} | {r['provider']} | {r['error']} | | | | | | |")
-            continue
-        side = 2 * r["n"] if r["loss"] == "nt_xent" else r["n"]
-        flops = 6 * side * side * r["d"] / r["seconds"]
+        if "seconds" in r:
+            r["gflops"] = r["flops"] / r["seconds"] / 1e9
+            r["pct_of_ceiling"] = 100 * r["flops"] / r["seconds"] / ceilings[r["d"]]
+    return {"ceilings": {str(d): c for d, c in ceilings.items()}, "memory_limit_gib": memory_gib, "rows": rows}
 
-        def ratio(other):
-            o = index.get((*key, other))
-            return f"{o['seconds'] / r['seconds']:.1f}x" if o and "error" not in o else "-"
 
-        mib = r["peak_extra_bytes"] / 2**20
-        compile_note = f" (+{r['compile_seconds']:.1f} s compile)" if r.get("compile_seconds") else ""
-        lines.append(f"| {r['loss']} | {r['n']} | {r['d']} | {r['provider']} | {r['seconds']:.3f}{compile_note} | "
-                     f"{mib:,.0f} MiB | {flops / 1e9:.1f} | {100 * flops / ceilings[r['d']]:.0f}% | "
-                     f"{ratio('pml')} | {ratio('torch-eager')} | {ratio('torch-compile')} |")
-    lines += ["", "Effective GFLOP/s: 3 * 2 * R * C * D per forward+backward for the R x C matrix (N x N; 2N x 2N "
-              "for NT-Xent, N per view). % of matmul: against float32 4096 x D by D x 4096 products in the same "
-              "run (" + ", ".join(f"D={d}: {c / 1e9:.0f} GFLOP/s" for d, c in ceilings.items()) + "). vs pml / "
-              "vs eager / vs compile: their time over this row's (eager and compile: the materialised formula). "
-              "Peak extra memory: the process's peak resident memory during a step minus before it (inputs "
-              "excluded; each case in its own process)."]
-    return "\n".join(lines)
+def _ratio(rows_by_key: dict, row: dict, other: str) -> str:
+    o = rows_by_key.get((row["loss"], row["n"], row["d"], row["rows_kind"], row["mode"], other))
+    if not o or "seconds" not in o or not o.get("ok") or not row.get("ok"):
+        return "-"
+    return f"{o['seconds'] / row['seconds']:.1f}x"
+
+
+def tables(result: dict) -> str:
+    """Markdown: one table per loss."""
+    rows = result["rows"]
+    index = {(r["loss"], r["n"], r["d"], r["rows_kind"], r["mode"], r["provider"]): r for r in rows}
+    out = []
+    for loss in dict.fromkeys(r["loss"] for r in rows):
+        out += [f"#### {loss}", "",
+                "| N | D | rows | mode | provider | time (s), median [min-max] | peak extra memory | "
+                "GFLOP/s | % of matmul | check vs float64 | vs pml | vs eager | vs compile |",
+                "|---:|---:|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+        for r in (r for r in rows if r["loss"] == loss):
+            head = f"| {r['n']} | {r['d']} | {r['rows_kind']} | {r['mode']} | {r['provider']} |"
+            if "error" in r or "skipped" in r:
+                out.append(f"{head} {r.get('error') or r['skipped']} | | | | | | | |")
+                continue
+            check = f"ok ({r['error_rel']:.0e})" if r["ok"] else f"**DISAGREES** ({r['error_rel']:.0e})"
+            compile_note = f" +{r['compile_seconds']:.1f} s compile" if r.get("compile_seconds") else ""
+            out.append(f"{head} {r['seconds']:.3f} [{r['min']:.3f}-{r['max']:.3f}]{compile_note} | "
+                       f"{r['peak_extra_bytes'] / 2**20:,.0f} MiB | {r['gflops']:.1f} | {r['pct_of_ceiling']:.0f}% | "
+                       f"{check} | {_ratio(index, r, 'pml')} | {_ratio(index, r, 'torch-eager')} | "
+                       f"{_ratio(index, r, 'torch-compile')} |")
+        out.append("")
+    ceilings = ", ".join(f"D={d}: {c / 1e9:.0f} GFLOP/s" for d, c in result["ceilings"].items())
+    out.append("GFLOP/s: the products of a materialised pass (2 R C D forward, 6 R C D forward+backward, 4 R C D "
+               "backward, R x C the similarity matrix: N x N, 2N x 2N for NT-Xent with N per view) per second. "
+               f"% of matmul: against float32 4096 x D by D x 4096 products in the same run ({ceilings}). "
+               "vs pml / vs eager / vs compile: their time over this row's (eager and compile: the materialised "
+               "formula); never against a provider whose check failed. Peak extra memory: the process's peak "
+               "resident memory during a step minus before it (inputs excluded; each case in its own process, "
+               f"which may allocate {result['memory_limit_gib']:g} GiB). Check: the largest relative error of "
+               "the loss and the gradients' norms against float64 (the materialised formula up to N = "
+               f"{CHECK_FORMULA_MAX}, fastloss's float64 kernel above).")
+    return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1024,4096,16384,32768,65536")
-    parser.add_argument("--dims", default="128,512")
+    parser.add_argument("--sizes", default="1024,4096,16384,32768")
+    parser.add_argument("--dims", default="128")
     parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--max-nt-xent", type=int, default=65536, help="largest N (per view) for nt_xent")
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--providers", default=",".join(PROVIDERS))
-    parser.add_argument("--memory-gib", type=float, default=20.0, help="per process, default 20")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per case")
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
-    parser.add_argument("--name", default="batch-report-cpu", help="the result files' stem")
+    parser.add_argument("--memory-gib", type=float, default=12.0, help="per process, default 12")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per case")
+    parser.add_argument("--out", default=str(HERE / "out"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        loss, provider, n, d = args.child.split("|")
-        print(json.dumps(child(loss, provider, int(n), int(d), args.memory_gib)))
+        print(json.dumps(child(*json.loads(args.child))))
         return
-
-    import torch
-
-    import fastloss
-
-    sizes = [int(v) for v in args.sizes.split(",")]
-    dims = [int(v) for v in args.dims.split(",")]
-    losses, providers = args.losses.split(","), args.providers.split(",")
-    unknown = [v for v in losses if v not in LOSSES] + [v for v in providers if v not in PROVIDERS]
+    losses, providers, modes = args.losses.split(","), args.providers.split(","), args.modes.split(",")
+    unknown = [v for v in losses if v not in LOSSES] + [v for v in providers if v not in PROVIDERS] + \
+        [v for v in modes if v not in MODES]
     if unknown:
-        parser.error(f"unknown {', '.join(unknown)}; losses: {', '.join(LOSSES)}; providers: {', '.join(PROVIDERS)}")
-    ceilings = {d: matmul_ceiling(d) for d in dims}
-    rows = []
-    for d in dims:
-        for loss in losses:
-            failed: set[str] = set()
-            for n in sizes:
-                extra = [f"fastloss-cpu{CLUSTERED}"] if d == 128 and n in CLUSTERED_SIZES and \
-                    "fastloss-cpu" in providers else []
-                if loss in SOFTMAX_LOSSES:
-                    extra = []
-                if loss == "nt_xent" and n > args.max_nt_xent:
-                    continue
-                for provider in [p for p in providers if p in PROVIDERS_OF[loss]] + extra:
-                    if provider in failed:
-                        rows.append({"loss": loss, "provider": provider, "n": n, "d": d,
-                                     "error": "not run (ran out at a smaller N)"})
-                        continue
-                    row = run(loss, provider, n, d, args)
-                    rows.append(row)
-                    if "error" in row:
-                        failed.add(provider)
-                    shown = row.get("error") or f"{row['seconds']:.3f} s, {row['peak_extra_bytes'] / 2**20:,.0f} MiB"
-                    print(f"  {loss:18s} N={n:6d} D={d:4d} {provider:14s} {shown}", flush=True)
-    for d in dims:  # the ceiling once more, after the cases: the better of the two
-        ceilings[d] = max(ceilings[d], matmul_ceiling(d))
-    sys.path.insert(0, str(HERE))
-    from report import cpu_name
+        parser.error(f"unknown {', '.join(unknown)}; losses: {', '.join(LOSSES)}; providers: "
+                     f"{', '.join(PROVIDERS)}; modes: {', '.join(MODES)}")
+    import machine
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    meta = {"machine": cpu_name(), "torch": torch.__version__, "fastloss": fastloss.__version__, "commit": commit,
-            "threads": torch.get_num_threads(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    markdown = (f"## In-batch losses, forward+backward, float32 — {meta['machine']} — torch {meta['torch']}, "
-                f"{meta['threads']} threads, commit {commit}, {meta['date']}\n\n{table(rows, ceilings)}\n")
+    cases = plan(losses, [int(v) for v in args.sizes.split(",")], [int(v) for v in args.dims.split(",")], providers)
+    result = measure(cases, modes, args.memory_gib, args.timeout)
+    meta = machine.metadata("cpu")
+    markdown = f"## In-batch losses, float32 — {machine.describe(meta)}\n\n{tables(result)}\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "ceilings": ceilings, "rows": rows}, indent=1))
-    (out / f"{args.name}.md").write_text(markdown)
-    print()
+    (out / "batch-report-cpu.json").write_text(json.dumps({"meta": meta, "in_batch": result}, indent=1))
+    (out / "batch-report-cpu.md").write_text(markdown)
     print(markdown)
-    print(f"(written to {out}/{args.name}.md and .json)")
+    print(f"(written to {out}/batch-report-cpu.md and .json)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""The benchmark cases, shared by the pytest-benchmark suite and the report: each loss's
-training step (forward + backward) per provider, and the bytes that step must move."""
+"""The memory-bound benchmark cases, shared by the report and the pytest-benchmark suite: each
+loss's inputs at a size, its providers (fastloss's backends, torch eager, torch.compile), the
+step each provider runs in each mode, and the bytes that step must move.
+
+Modes: "forward" (no grad: evaluation), "train" (forward+backward), "backward" (the backward
+alone, timed on a graph kept from one forward; only where it is a separate pass: fastloss's
+fused losses compute their gradients in the forward, so theirs is not timed apart).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,35 +20,46 @@ import fastloss
 from fastloss import reference
 
 Step = Callable[[], None]
+MODES = ("forward", "train", "backward")
+MODE_TITLES = {"forward": "forward, no grad (evaluation)", "train": "forward+backward (training)",
+               "backward": "backward alone"}
+FUSED_BACKWARD = "fused: the gradient is computed in the forward pass (see forward+backward)"
 MAE_PATCH = 768       # 16 x 16 x 3 values per patch
 MAE_PATCHES = 196     # 14 x 14 patches per image
 MAE_MASK_RATIO = 0.75
+ROW_D = 256  # embedding width of the pair and triplet losses when a size is given in elements
+ROW_LOSSES = ("contrastive", "triplet", "cosine_embedding")
 
 
 @dataclass
 class Case:
-    """Inputs of one loss at one size, and the bytes a fused step must move."""
+    """One loss at one size: `sets` holds copies of the inputs, rotated call by call so that no
+    provider finds its inputs in the last-level cache; the first set is the one checked."""
 
     loss: str
-    inputs: tuple
+    size: str
+    dtype: torch.dtype
+    sets: list[tuple]
     kwargs: dict
-    nbytes: int
+    read_bytes: int   # the inputs, read once: what a forward must move
+    grad_bytes: int   # the gradients, written once: a training step moves both
 
+    def nbytes(self, mode: str) -> int:
+        return self.read_bytes + (0 if mode == "forward" else self.grad_bytes)
 
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-ROW_D = 256  # embedding width of the pair and triplet losses when a size is given in elements
+    @property
+    def n(self) -> int:
+        """Elements of the first input."""
+        return self.sets[0][0].numel()
 
 
 def size_label(size: int | tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}" if isinstance(size, tuple) else f"2^{size.bit_length() - 1}"
 
 
-def make_case(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device: str) -> Case:
-    """The inputs of `loss` at `size`: about `size` elements of input, or for the pair and
-    triplet losses (rows, D) (an element count gives rows of ROW_D)."""
+def _inputs(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device: str):
+    """One set of inputs, the bytes read and the bytes of gradient written."""
+    es = torch.empty((), dtype=dtype).element_size()
     if loss in ROW_LOSSES:
         rows, d = size if isinstance(size, tuple) else (max(1, size // ROW_D), ROW_D)
         count = 3 if loss == "triplet" else 2
@@ -51,8 +69,8 @@ def make_case(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device
             extra = ((torch.rand(rows, device=device) < 0.5).to(dtype),)
         elif loss == "cosine_embedding":
             extra = ((torch.rand(rows, device=device) < 0.5).to(dtype) * 2 - 1,)
-        # read every row once, write the gradient of every input once
-        return Case(loss, (*xs, *extra), {}, 2 * count * rows * d * _element_size(dtype))
+        label_bytes = rows * es if extra else 0
+        return (*xs, *extra), {}, count * rows * d * es + label_bytes, count * rows * d * es
     n = size[0] * size[1] if isinstance(size, tuple) else size
     if loss == "masked_mse":
         images = max(1, round(n / (MAE_PATCHES * MAE_PATCH)))
@@ -61,16 +79,23 @@ def make_case(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device
         t = torch.randn(shape, dtype=dtype, device=device)
         mask = torch.rand(shape[:2], device=device) < MAE_MASK_RATIO
         counted = int(mask.sum())
-        # read input and target of the counted patches, write the whole gradient, read the mask
-        nbytes = (2 * counted * MAE_PATCH + x.numel()) * _element_size(dtype) + mask.numel()
-        return Case(loss, (x, t, mask), {"norm_target": True}, nbytes)
+        # input and target of the counted patches and the mask are read; the whole gradient written
+        return (x, t, mask), {"norm_target": True}, 2 * counted * MAE_PATCH * es + mask.numel(), x.numel() * es
     x = torch.randn(n, dtype=dtype, device=device).requires_grad_()
     t = torch.rand(n, dtype=dtype, device=device) if loss == "bce" else torch.randn(n, dtype=dtype, device=device)
     kwargs = {"smooth_l1": {"beta": 0.5}, "huber": {"delta": 0.5}}.get(loss, {})
-    return Case(loss, (x, t), kwargs, 3 * n * _element_size(dtype))  # read x, t; write grad
+    return (x, t), kwargs, 2 * n * es, n * es
 
 
-ROW_LOSSES = ("contrastive", "triplet", "cosine_embedding")
+def make_case(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device: str,
+              rotate_bytes: int = 0) -> Case:
+    """The inputs of `loss` at `size` (elements, or (rows, D) for the pair and triplet losses; an
+    element count gives rows of ROW_D), with as many copies as make `rotate_bytes` (at most 32)."""
+    first, kwargs, read, grad = _inputs(loss, size, dtype, device)
+    copies = min(32, max(1, math.ceil(rotate_bytes / (read + grad))))
+    sets = [first] + [_inputs(loss, size, dtype, device)[0] for _ in range(copies - 1)]
+    return Case(loss, size_label(size), dtype, sets, kwargs, read, grad)
+
 
 FASTLOSS_FN = {
     "mse": fastloss.mse_loss, "l1": fastloss.l1_loss, "smooth_l1": fastloss.smooth_l1_loss,
@@ -96,50 +121,91 @@ TORCH_FN = {
 LOSSES = list(FASTLOSS_FN)
 
 
-def _step(fn, case: Case) -> Step:
-    leaves = [t for t in case.inputs if t.requires_grad]
+def leaves(inputs: tuple) -> list[torch.Tensor]:
+    return [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def make_step(fn: Callable, case: Case, mode: str) -> Step:
+    """The step of `mode` calling fn(*inputs, **kwargs), one input set after the other."""
+    sets, kwargs, turn = case.sets, case.kwargs, [0]
+
+    def next_set():
+        turn[0] = (turn[0] + 1) % len(sets)
+        return turn[0]
+
+    if mode == "forward":
+        def step():
+            with torch.no_grad():
+                fn(*sets[next_set()], **kwargs)
+        return step
+    if mode == "train":
+        def step():
+            inputs = sets[next_set()]
+            for t in leaves(inputs):
+                t.grad = None
+            fn(*inputs, **kwargs).backward()
+        return step
+    # backward alone: one forward per set, kept, and each step differentiates it again
+    graphs = [(fn(*inputs, **kwargs), leaves(inputs)) for inputs in sets]
 
     def step():
-        for t in leaves:
-            t.grad = None
-        fn(*case.inputs, **case.kwargs).backward()
+        loss, wrt = graphs[next_set()]
+        torch.autograd.grad(loss, wrt, retain_graph=True)
     return step
 
 
-def providers(device: str) -> dict[str, Callable[[Case], Step]]:
-    """Provider name -> maker of its step for a case, for the backends that run on `device`."""
-    found: dict[str, Callable[[Case], Step]] = {}
+@dataclass
+class Provider:
+    """A way to compute the losses: `fn(loss)` gives its function of (inputs, kwargs)."""
+
+    name: str
+    fn: Callable[[str], Callable]
+    fused_backward: bool = False  # its backward is not a separate pass
+
+    def step(self, case: Case, mode: str) -> Step | None:
+        if mode == "backward" and self.fused_backward:
+            return None
+        return make_step(self.fn(case.loss), case, mode)
+
+
+def providers(device: str) -> list[Provider]:
+    """fastloss's backends that run on `device`, torch eager and torch.compile."""
     available = fastloss.available_backends()
+    found = []
 
-    def fastloss_maker(backend):
-        return lambda case: _step(lambda *a, **k: FASTLOSS_FN[case.loss](*a, **k, backend=backend), case)
+    def fastloss_fn(backend):
+        return lambda loss: (lambda *a, **k: FASTLOSS_FN[loss](*a, **k, backend=backend))
 
-    if device == "cpu":
-        if available["cpu"]:
-            found["fastloss-cpu"] = fastloss_maker("cpu")
-    else:
-        if available["cuda"]:
-            found["fastloss-cuda"] = fastloss_maker("cuda")
-        if available["triton"]:
-            found["fastloss-triton"] = fastloss_maker("triton")
-    found["torch-eager"] = lambda case: _step(TORCH_FN[case.loss], case)
+    for backend in (("cpu",) if device == "cpu" else ("cuda", "triton")):
+        if available[backend]:
+            found.append(Provider(f"fastloss-{backend}", fastloss_fn(backend), fused_backward=True))
+    found.append(Provider("torch-eager", lambda loss: TORCH_FN[loss]))
     compiled: dict[str, Callable] = {}
 
-    def compiled_maker(case):
-        if case.loss not in compiled:  # one compilation per loss, for every size
-            compiled[case.loss] = torch.compile(TORCH_FN[case.loss], dynamic=True)
-        return _step(compiled[case.loss], case)
+    def compiled_fn(loss):
+        if loss not in compiled:  # one compilation per loss (per grad mode and dtype), every size
+            compiled[loss] = torch.compile(TORCH_FN[loss], dynamic=True)
+        return compiled[loss]
 
-    found["torch-compile"] = compiled_maker
+    found.append(Provider("torch-compile", compiled_fn))
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), 64))
     return found
 
 
-def copy_step(n: int, dtype: torch.dtype, device: str) -> tuple[Callable[[], None], int]:
-    """A device copy of n elements into memory already touched, and the bytes it moves."""
-    src = torch.randn(n, dtype=dtype, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    return (lambda: dst.copy_(src)), 2 * src.numel() * src.element_size()
+def copy_step(nbytes: int, device: str, rotate_bytes: int = 0) -> tuple[Step, int]:
+    """A copy that moves `nbytes` (half read, half written) into memory already touched,
+    rotating over buffers as the cases rotate their inputs; and the bytes it moves."""
+    n = max(1, nbytes // 8)  # float32 elements
+    copies = min(32, max(1, math.ceil(rotate_bytes / (8 * n))))
+    pairs = [(torch.randn(n, device=device), torch.empty(n, device=device)) for _ in range(copies)]
+    for src, dst in pairs:
+        dst.copy_(src)
+    turn = [0]
+
+    def step():
+        turn[0] = (turn[0] + 1) % copies
+        src, dst = pairs[turn[0]]
+        dst.copy_(src)
+    return step, 8 * n

@@ -1,18 +1,25 @@
-"""pytest-benchmark suite: each loss's forward+backward, fastloss's backends against torch
-eager and torch.compile, plus the device copy that sets the bandwidth ceiling.
+"""The report's cases as a pytest-benchmark suite: the quick plan's memory-bound groups and
+in-batch cases, one benchmark group per (loss, size, dtype, mode) holding every provider and
+the copy that sets the ceiling, so a group's table reads as a comparison.
 
-    .venv/bin/python -m pytest bench/test_bench_losses.py
-(bench/report.py runs the same cases and prints the table with ratios.)
+    .venv/bin/python -m pytest bench/ --benchmark-only
+
+Each provider is checked against float64 before it is timed (the test fails if it disagrees).
+bench/report.py runs the same cases with interleaved rounds, ceilings, memory and plots.
 """
 
 import pytest
 import torch
 
+import batch_report
 import cases
+import honesty
+import report
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SIZES = [1 << 20, 1 << 25]
-PROVIDERS = cases.providers(DEVICE)
+PLAN = report.PLANS[f"quick-{DEVICE}"]
+GROUPS = report.groups(PLAN, "gpu" if DEVICE == "cuda" else "caching", list(PLAN["losses"]))
+PROVIDERS = {p.name: p for p in cases.providers(DEVICE)}
 
 
 def _sync():
@@ -20,77 +27,58 @@ def _sync():
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("n", SIZES, ids=lambda n: f"2^{n.bit_length() - 1}")
-@pytest.mark.parametrize("provider", list(PROVIDERS))
-@pytest.mark.parametrize("loss", cases.LOSSES)
-def test_forward_backward(benchmark, loss, provider, n):
-    case = cases.make_case(loss, n, torch.float32, DEVICE)
-    step = PROVIDERS[provider](case)
+def _group_id(group):
+    loss, size, dtype, mode = group
+    return f"{loss}-{cases.size_label(size)}-{dtype}-{mode}"
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS) + ["copy"])
+@pytest.mark.parametrize("group", GROUPS, ids=_group_id)
+def test_memory_bound(benchmark, group, provider):
+    loss, size, dtype_name, mode = group
+    dtype = getattr(torch, dtype_name)
+    case = cases.make_case(loss, size, dtype, DEVICE)
+    benchmark.group = _group_id(group)
+    if provider == "copy":
+        step, nbytes = cases.copy_step(case.nbytes(mode), DEVICE)
+    else:
+        p = PROVIDERS[provider]
+        if mode == "backward" and p.fused_backward:
+            pytest.skip(cases.FUSED_BACKWARD)
+        expected = honesty.reference(cases.TORCH_FN[loss], case.sets[0], case.kwargs)
+        got = honesty.evaluate(p.fn(loss), case.sets[0], case.kwargs, with_grads=mode != "forward")
+        error = honesty.relative_error(got, expected if mode != "forward" else (expected[0], []))
+        assert honesty.agrees(error, dtype), f"{provider} disagrees with float64: {error:.1e}"
+        step, nbytes = p.step(case, mode), case.nbytes(mode)
     step()  # warm-up (and compilation)
+    benchmark.extra_info["bytes"] = nbytes
 
     def run():
         step()
         _sync()
-
-    benchmark.extra_info["bytes"] = case.nbytes
     benchmark(run)
 
 
-@pytest.mark.parametrize("n", SIZES, ids=lambda n: f"2^{n.bit_length() - 1}")
-def test_copy_ceiling(benchmark, n):
-    copy, nbytes = cases.copy_step(n, torch.float32, DEVICE)
-
-    def run():
-        copy()
-        _sync()
-
-    benchmark.extra_info["bytes"] = nbytes
-    benchmark(run)
+BATCH = PLAN.get("batch") or {"losses": (), "sizes": (), "dims": ()}
+BATCH_CASES = [c for c in batch_report.plan(list(BATCH["losses"]), list(BATCH["sizes"]), list(BATCH["dims"]),
+                                            list(batch_report.PROVIDERS)) if c[4] == "gaussian"]
 
 
-BATCH_N, BATCH_D = 2048, 128
-
-
-def _batch_step(loss, provider):
-    """One forward+backward of an in-batch loss on (BATCH_N, BATCH_D) embeddings."""
-    import fastloss
-    from fastloss import reference
-
-    torch.manual_seed(0)
-    x = torch.randn(BATCH_N, BATCH_D, device=DEVICE, requires_grad=True)
-    y = torch.randint(0, BATCH_N // 16, (BATCH_N,), device=DEVICE)
-    if provider.startswith("fastloss-"):
-        fn = fastloss.batch_contrastive_loss if loss == "contrastive" else fastloss.batch_hard_triplet_loss
-        backend = provider.split("-", 1)[1]
-        call = lambda: fn(x, y, backend=backend)  # noqa: E731
-    elif provider == "torch-compile":
-        compiled = torch.compile(reference.batch_contrastive_loss if loss == "contrastive"
-                                 else reference.batch_hard_triplet_loss)
-        call = lambda: compiled(x, y)  # noqa: E731
-    else:
-        from pytorch_metric_learning import losses, miners
-
-        if loss == "contrastive":
-            peer = losses.ContrastiveLoss()
-            call = lambda: peer(x, y)  # noqa: E731
-        else:
-            miner, peer = miners.BatchHardMiner(), losses.TripletMarginLoss(margin=0.05)
-            call = lambda: peer(x, y, miner(x, y))  # noqa: E731
+@pytest.mark.parametrize("case", BATCH_CASES, ids=lambda c: f"{c[0]}-N{c[2]}-D{c[3]}-{c[1]}")
+def test_in_batch_train(benchmark, case):
+    """Forward+backward of an in-batch loss (peak memory: bench/report.py, a process per case)."""
+    loss, provider, n, d, kind = case
+    x, y = batch_report.make_inputs(loss, n, d, kind == "clustered")
+    fn = batch_report.loss_fn(loss, provider)
+    check = batch_report.check(loss, fn, x, y, n)
+    assert check["ok"], f"{provider} disagrees with float64: {check['error_rel']:.1e}"
+    benchmark.group = f"{loss}-N{n}-D{d}-train"
+    benchmark.extra_info["flops"] = batch_report.flops(loss, n, d, "train")
+    leaves = [t for t in (x, y) if t.requires_grad]
 
     def step():
-        x.grad = None
-        call().backward()
+        for t in leaves:
+            t.grad = None
+        fn(x, y).backward()
         _sync()
-    return step
-
-
-BATCH_PROVIDERS = [p for p in PROVIDERS if p.startswith("fastloss-")] + ["pytorch-metric-learning", "torch-compile"]
-
-
-@pytest.mark.parametrize("provider", BATCH_PROVIDERS)
-@pytest.mark.parametrize("loss", ["contrastive", "hard_triplet"])
-def test_batch_forward_backward(benchmark, loss, provider):
-    step = _batch_step(loss, provider)
-    step()  # warm-up (and compilation)
-    benchmark.extra_info["flops"] = 6 * BATCH_N * BATCH_N * BATCH_D
     benchmark(step)

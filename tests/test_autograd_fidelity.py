@@ -4,7 +4,9 @@ grad, jacrev, jacfwd, jvp, hessian) and forward-mode AD, for every loss and ever
 differentiable argument, on every backend runnable here. The oracle is torch's own function
 (or the loss's formula, tests/loss_cases.py), differentiated by torch."""
 
+import dataclasses
 import gc
+import importlib
 import warnings
 import weakref
 
@@ -200,3 +202,31 @@ def test_a_loss_kept_after_backward_holds_no_inputs(backend_device, case):
     gc.collect()
     assert loss.grad_fn is not None
     assert [r() is None for r in alive] == [True] * len(alive)
+
+
+
+@pytest.mark.parametrize("backend_device", [p for p in BACKENDS if p.values[0][0] != "torch"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.fused], ids=ids)
+def test_evaluation_computes_no_gradient(backend_device, case, monkeypatch):
+    """Under no_grad and inference_mode the kernel is asked for no gradient, even of inputs that
+    require grad (inside an autograd.Function they would be asked for), and the loss is the same."""
+    backend, device = backend_device
+    args = inputs(case, device=device)
+    expected = case.fast(*args, backend=backend).detach()
+    asked = []
+    for name in ("pointwise", "row", "masked_mse", "batch"):
+        module = importlib.import_module(f"fastloss.ops.{name}")
+
+        def fused(backend_, config, needs, tensors, real=module.FAMILY.fused):
+            asked.append(tuple(needs))
+            return real(backend_, config, needs, tensors)
+        monkeypatch.setattr(module, "FAMILY", dataclasses.replace(module.FAMILY, fused=fused))
+    for context in (torch.no_grad, torch.inference_mode):
+        asked.clear()
+        with context():
+            got = case.fast(*args, backend=backend)
+        assert asked and not any(any(n) for n in asked), f"{context.__name__}: the kernel was asked for {asked}"
+        close(got, expected, f"{case.name} under {context.__name__}")
+    asked.clear()
+    case.fast(*args, backend=backend)
+    assert any(any(n) for n in asked), f"with grad enabled the kernel computes the gradients: {asked}"

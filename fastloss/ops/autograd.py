@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 Tensors = Sequence[torch.Tensor | None]
 
@@ -239,6 +240,11 @@ def apply_swept_loss(family: SweptLossFamily, config: tuple, backend: str, tenso
 
 def apply_fused_loss(family: LossFamily, config: tuple, backend: str, tensors: Tensors) -> torch.Tensor:
     """The loss of `tensors` by the fused kernel of `backend`, with full autograd support."""
+    if not torch.is_grad_enabled() and forward_ad._current_level < 0 and not _transforms_active():
+        # Evaluation (no_grad, inference_mode): nothing can ask this call for a gradient, even of
+        # inputs that require grad, so the kernel computes none (inside an autograd.Function the
+        # inputs' requires_grad would still ask for them).
+        return family.fused(backend, config, (False,) * family.n_fused_grads, tensors)[0]
     if _transforms_active():
         function = FusedLossTransforms
     else:
