@@ -56,9 +56,9 @@ CLUSTERED_SIZES = (4096, 16384)  # at D = 128, fastloss's margin losses, trainin
 SAMPLES_PER_CLASS = 16  # labels: N / 16 classes, as a P x K sampler gives
 CHECK_FORMULA_MAX = 8192  # up to this N the float64 reference is the materialised formula
 FUSED = "fused: the gradient is computed in the forward pass (see train)"
-# batch-hard picks each anchor's hardest candidates by argmax/argmin: near-ties (gaps below
-# float32's resolution) can pick another candidate in float64, moving that anchor's gradient
-GRAD_TOLERANCE = {"batch_hard_triplet": 2e-2}
+# batch-hard picks each anchor's hardest candidates by argmax/argmin: a near-tie (a gap below
+# float32's resolution) can pick another candidate in float64, changing three rows' gradients
+GRAD_OUTLIERS = {"batch_hard_triplet": 1e-3}
 
 
 def _rss(field: str) -> int:
@@ -126,11 +126,9 @@ def check(loss: str, fn, x, y, n: int) -> dict:
     got = honesty.evaluate(fn, (x, y), {}, with_grads=True)
     first = time.perf_counter() - t0
     expected = honesty.reference(reference_fn, (x, y), {})
-    loss_error = honesty.relative_error((got[0], []), (expected[0], []))
-    grad_error = honesty.relative_error((expected[0], got[1]), expected)
-    tolerance = honesty.TOLERANCE[x.dtype]
-    ok = honesty.agrees(loss_error, x.dtype) and grad_error <= GRAD_TOLERANCE.get(loss, tolerance)
-    return {"error_rel": max(loss_error, grad_error), "ok": bool(ok), "first_call": first,
+    error = honesty.relative_error(got, expected, GRAD_OUTLIERS.get(loss, honesty.OUTLIER_FRACTION))
+    ok = honesty.agrees(error, x.dtype)
+    return {"error_rel": error, "ok": bool(ok), "first_call": first,
             "reference": "float64 formula" if n <= CHECK_FORMULA_MAX else "fastloss float64 kernel"}
 
 
@@ -229,8 +227,10 @@ def run_case(loss: str, provider: str, n: int, d: int, rows_kind: str, modes: li
     spec = json.dumps([loss, provider, n, d, rows_kind, modes, memory_gib])
     base = {"loss": loss, "provider": provider, "n": n, "d": d, "rows_kind": rows_kind}
     try:
+        # fastloss's output cache off: its outputs are fresh memory, as every other provider's are
+        env = dict(os.environ, FASTLOSS_OUTPUT_CACHE_MB="0")
         out = subprocess.run([sys.executable, __file__, "--child", spec], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, timeout=timeout)
+                             stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return [dict(base, mode=m, error=f"over {timeout} s") for m in modes]
     lines = out.stdout.strip().splitlines()
@@ -320,8 +320,9 @@ def tables(result: dict) -> str:
                "vs pml / vs eager / vs compile: their time over this row's (eager and compile: the materialised "
                "formula); never against a provider whose check failed. Peak extra memory: the process's peak "
                "resident memory during a step minus before it (inputs excluded; each case in its own process, "
-               f"which may allocate {result['memory_limit_gib']:g} GiB). Check: the largest relative error of "
-               "the loss and the gradients' norms against float64 (the materialised formula up to N = "
+               "fastloss's output cache off, "
+               f"which may allocate {result['memory_limit_gib']:g} GiB). Check: against float64 as for the "
+               "memory-bound losses (the materialised formula up to N = "
                f"{CHECK_FORMULA_MAX}, fastloss's float64 kernel above).")
     return "\n".join(out)
 

@@ -40,24 +40,43 @@ def reference(fn: Callable, inputs: tuple, kwargs: dict) -> tuple[torch.Tensor, 
     return evaluate(fn, _as_float64(inputs), kwargs, with_grads=True)
 
 
-def relative_error(got: tuple[torch.Tensor, list], expected: tuple[torch.Tensor, list]) -> float:
-    """The largest relative error: of the loss, and of each gradient in norm (NaN where one has
-    a NaN the other has not, inf where a gradient is missing)."""
+# A gradient may differ from float64 at a few elements for a good reason: a row within float32's
+# resolution of a hinge (margin) or of a tie (hardest candidate) takes the other side in float64,
+# and its whole gradient changes. One such row of 65536 x 512 moves the gradient's norm by 5e-3.
+# So a gradient's error is the one that all but this fraction of its elements meet; a wrong kernel
+# is wrong nearly everywhere, and the test suite checks every element.
+OUTLIER_FRACTION = 1e-4
+
+
+def _gradient_error(value: torch.Tensor, ref: torch.Tensor, outliers: float) -> float:
+    """Elementwise |value - ref| / (|ref| + mean |ref|), at its (1 - outliers) quantile."""
+    scale = ref.abs().mean().clamp_min(1e-300)
+    error = ((value - ref).abs() / (ref.abs() + scale)).flatten()
+    skip = int(error.numel() * outliers)
+    return error.max().item() if skip == 0 else torch.topk(error, skip + 1).values[-1].item()
+
+
+def _nan_mismatch(value: torch.Tensor, ref: torch.Tensor) -> bool:
+    return not torch.equal(value.isnan(), ref.isnan())
+
+
+def relative_error(got: tuple[torch.Tensor, list], expected: tuple[torch.Tensor, list],
+                   outliers: float = OUTLIER_FRACTION) -> float:
+    """The largest of the loss's relative error and the gradients' errors (see _gradient_error):
+    NaN where one has a NaN the other has not, inf where a shape differs."""
     (loss, grads), (loss_ref, grads_ref) = got, expected
-    pairs = [(loss, loss_ref)] + list(zip(grads, grads_ref[:len(grads)]))
     worst = 0.0
-    for value, ref in pairs:
+    for k, (value, ref) in enumerate([(loss, loss_ref)] + list(zip(grads, grads_ref[:len(grads)]))):
         value, ref = value.double(), ref.double()
         if value.shape != ref.shape:
             return float("inf")
-        scale = max(ref.norm().item(), 1e-30)
-        err = (value - ref).norm().item() / scale
-        if err != err:  # NaN: agreeing NaNs (both at the same places) are not an error
-            same = torch.equal(value.isnan(), ref.isnan()) and bool(
-                torch.allclose(value.nan_to_num(), ref.nan_to_num(), rtol=1e-3, atol=0))
-            if not same:
-                return float("nan")
-            err = 0.0
+        if _nan_mismatch(value, ref):
+            return float("nan")
+        value, ref = value.nan_to_num(), ref.nan_to_num()  # agreeing NaNs are not an error
+        if k == 0:
+            err = (value - ref).norm().item() / max(ref.norm().item(), 1e-300)
+        else:
+            err = _gradient_error(value, ref, outliers)
         worst = max(worst, err)
     return worst
 

@@ -219,10 +219,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="output folder (default bench/out/<cpu|gpu>)")
     parser.add_argument("--refresh-results", action="store_true",
                         help="write to bench/results/<cpu|gpu>, the committed results")
+    parser.add_argument("--render", metavar="REPORT_JSON", default=None,
+                        help="write report.md and the plots again from a saved report.json, next to it")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--plan", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.render:
+        saved = Path(args.render)
+        write_outputs(json.loads(saved.read_text()), saved.parent, rewrite_json=False)
+        return
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -240,7 +246,6 @@ def main() -> None:
 
     import batch_report
     import machine
-    import tables
 
     parts = args.parts.split(",")
     if any(p not in ("memory-bound", "in-batch") for p in parts):
@@ -282,9 +287,17 @@ def main() -> None:
             report["in_batch"] = batch_report.measure(todo, list(batch_report.MODES), args.memory_gib, 600, bar)
     meta["minutes"] = round((time.perf_counter() - started) / 60, 1)
 
+    write_outputs(report, out)
+
+
+def write_outputs(report: dict, out: Path, rewrite_json: bool = True) -> None:
+    """report.json, report.md and the plots into `out`; the Markdown printed."""
+    import tables
+
     text = tables.markdown(report)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    if rewrite_json:
+        (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(text)
     try:
         import plots
@@ -295,8 +308,8 @@ def main() -> None:
         written = plots.write_plots(report, out)
     print()
     print(text)
-    print(f"(written to {out}/: report.md, report.json, {', '.join(p.name for p in written)}; "
-          f"{meta['minutes']} min)")
+    print(f"(written to {out}/: report.md, report.json, {', '.join(p.name for p in written)}"
+          f"{'; ' + str(report['meta'].get('minutes')) + ' min' if report['meta'].get('minutes') else ''})")
 
 
 if __name__ == "__main__":
