@@ -164,7 +164,8 @@ def markdown(report: dict) -> str:
         parts += ["## Memory-bound losses", "", loss_tables(memory["regimes"]),
                   "GB/s: the bytes the step must move (every input read once; in training and backward every "
                   "gradient written once) per second. % of copy: against a copy moving as many bytes, timed in the "
-                  "same rounds (its GB/s after 'of'). check: the error against float64 on the same inputs, the larger of "
+                  "same rounds (its GB/s after 'of'); a forward only reads, and a read-only pass can outrun a copy (half of "
+                  "whose bytes are writes), so a forward may pass 100%. check: the error against float64 on the same inputs, the larger of "
                   "the loss's relative error and the gradients' elementwise error against |g| + mean |g| that all "
                   "but 1 element in 10^4 meet (a row within float32's resolution of a hinge may take the other side "
                   "in float64); tolerance 1e-4 in float32, 2e-2 in bfloat16. A provider that disagrees is never "
