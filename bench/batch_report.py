@@ -190,6 +190,7 @@ def child(loss: str, provider: str, n: int, d: int, rows_kind: str, modes: list[
                     continue
                 if provider == "torch-compile":  # compiled again: its donated buffers forbid retain_graph
                     torch._dynamo.reset()
+                    import torch._functorch.config
                     torch._functorch.config.donated_buffer = False
                     fn = loss_fn(loss, provider)
                 graph = fn(x, y)

@@ -182,6 +182,7 @@ def measure_regime(device: str, plan: dict, regime: str, losses: list[str]) -> d
             bar.set_description(f"[{regime}] {loss} {cases.size_label(size)} {dtype} {mode}")
             if mode == "backward" and not in_backward:  # compiled again: donated buffers forbid retain_graph
                 torch._dynamo.reset()
+                import torch._functorch.config
                 torch._functorch.config.donated_buffer = False
                 in_backward = True
             rows += measure_group(device, providers, group, rotate)

@@ -4,12 +4,14 @@ the copy that sets the ceiling, so a group's table reads as a comparison.
 
     .venv/bin/python -m pytest bench/ --benchmark-only
 
-Each provider is checked against float64 before it is timed (the test fails if it disagrees).
+Each provider is checked against float64 before it is timed: fastloss fails the test if it
+disagrees, a peer that disagrees (torch's bfloat16 triplet and cosine embedding do) is skipped.
 bench/report.py runs the same cases with interleaved rounds, ceilings, memory and plots.
 """
 
 import pytest
 import torch
+import torch._functorch.config
 
 import batch_report
 import cases
@@ -17,6 +19,8 @@ import honesty
 import report
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the backward-alone cases keep the graph (retain_graph), which donated buffers forbid
+torch._functorch.config.donated_buffer = False
 PLAN = report.PLANS[f"quick-{DEVICE}"]
 GROUPS = report.groups(PLAN, "gpu" if DEVICE == "cuda" else "caching", list(PLAN["losses"]))
 PROVIDERS = {p.name: p for p in cases.providers(DEVICE)}
@@ -48,7 +52,10 @@ def test_memory_bound(benchmark, group, provider):
         expected = honesty.reference(cases.TORCH_FN[loss], case.sets[0], case.kwargs)
         got = honesty.evaluate(p.fn(loss), case.sets[0], case.kwargs, with_grads=mode != "forward")
         error = honesty.relative_error(got, expected if mode != "forward" else (expected[0], []))
-        assert honesty.agrees(error, dtype), f"{provider} disagrees with float64: {error:.1e}"
+        if not honesty.agrees(error, dtype):
+            message = f"{provider} disagrees with float64: {error:.1e}"
+            assert not provider.startswith("fastloss"), message
+            pytest.skip(message + " (flagged in the report and not timed)")  # a peer's precision, not ours
         step, nbytes = p.step(case, mode), case.nbytes(mode)
     step()  # warm-up (and compilation)
     benchmark.extra_info["bytes"] = nbytes
