@@ -4,8 +4,13 @@ compiled extension fastloss._C (C++ CPU kernels always; CUDA kernels when nvcc i
 Environment switches:
   FASTLOSS_CUDA=0       CPU-only build, even where nvcc exists.
   FASTLOSS_CUDA=1       CUDA build, failing loudly when nvcc or CUDA_HOME cannot be found.
-  TORCH_CUDA_ARCH_LIST  GPU targets, default "8.0;9.0+PTX" (sm_80, sm_90 and PTX for sm_90).
+  TORCH_CUDA_ARCH_LIST  GPU targets, default "8.0;9.0+PTX" (sm_80, sm_90 and PTX for sm_90);
+                        `make wheel` defaults to every arch the toolkit has from sm_80 on.
   MAX_JOBS              parallel compile jobs (ninja).
+
+A build is tied to the torch it was built against (the extension's C++ ABI): its version says
+so (0.1.0+cu130torch2.14, 0.1.0+cputorch2.14) and its metadata requires that torch minor
+version. A source distribution has neither.
 """
 
 import os
@@ -17,7 +22,32 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
+VERSION = "0.1.0"
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+# The torch versions fastloss supports (the README's "Supported versions" says why these).
+TORCH_OLDEST = (2, 11)
+TORCH_NEWEST = (2, 14)
+BUILDING_SDIST = "sdist" in sys.argv  # a source distribution: no build-specific version or pin
+
+
+def torch_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_torch() -> tuple[int, int]:
+    """The installed torch's (major, minor); a build against an unsupported one stops here."""
+    import torch
+
+    found = torch_minor(torch.__version__)
+    oldest, newest = ".".join(map(str, TORCH_OLDEST)), ".".join(map(str, TORCH_NEWEST))
+    if found < TORCH_OLDEST:
+        sys.exit(f"fastloss: torch {torch.__version__} is older than the oldest supported, {oldest} "
+                 f"(fastloss supports torch {oldest} to {newest}): upgrade torch, then build again")
+    if found > TORCH_NEWEST:
+        print(f"fastloss: warning: torch {torch.__version__} is newer than the newest checked, {newest}; "
+              f"building anyway", file=sys.stderr)
+    return found
 
 
 def find_cuda_home() -> str | None:
@@ -79,6 +109,15 @@ def write_build_info(with_cuda: bool, arch_list: str) -> Path:
     text = "\n".join(lines) + "\n"
     if not header.exists() or header.read_text() != text:
         header.write_text(text)
+    # the same facts readable without loading the extension: a wheel installed beside another
+    # torch says what it was built for instead of failing on an undefined symbol
+    module = ROOT / "fastloss" / "_build_info.py"
+    text = ('"""How fastloss._C was built (written by setup.py)."""\n\n'
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"CUDA_VERSION = {cuda!r}\n"
+            f"CUDA_ARCH_LIST = {arch_list if with_cuda else ''!r}\n")
+    if not module.exists() or module.read_text() != text:
+        module.write_text(text)
     return out_dir
 
 
@@ -105,12 +144,30 @@ def extension_modules():
     else:
         ext = CppExtension("fastloss._C", sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
     print(f"fastloss: building fastloss._C with CUDA={'yes (' + arch_list + ')' if with_cuda else 'no'}")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}, with_cuda
 
 
-ext_modules, cmdclass = extension_modules()
+def version_and_requirements(with_cuda: bool, torch_version: tuple[int, int]) -> tuple[str, list[str]]:
+    """The version with its build tag, and the requirements pinning the torch minor version."""
+    oldest = ".".join(map(str, TORCH_OLDEST))
+    if BUILDING_SDIST:
+        return VERSION, [f"torch>={oldest}", "numpy"]
+    torch_tag = "torch{}.{}".format(*torch_version)
+    if with_cuda:
+        cuda = nvcc_version(os.environ["CUDA_HOME"]).replace(".", "")
+        tag = f"cu{cuda}{torch_tag}"
+    else:
+        tag = f"cpu{torch_tag}"
+    return f"{VERSION}+{tag}", ["torch=={}.{}.*".format(*torch_version), "numpy"]
+
+
+torch_version = check_torch()
+ext_modules, cmdclass, with_cuda = extension_modules()
+version, requirements = version_and_requirements(with_cuda, torch_version)
 
 setup(
+    version=version,
+    install_requires=requirements,
     packages=["fastloss", "fastloss.ops", "fastloss.kernels"],
     package_dir={"fastloss.kernels": "kernels"},
     ext_modules=ext_modules,

@@ -11,7 +11,7 @@ def main() -> None:
     print(f"fastloss {__version__}  (python {platform.python_version()}, torch {torch.__version__})")
     ext = _backend.extension()
     if ext is None:
-        print(f"extension fastloss._C: not built ({_backend.extension_error()})")
+        print(f"extension fastloss._C: not loaded ({_backend.extension_error()})")
     else:
         print("extension fastloss._C: built")
         print(f"  built against torch {ext.torch_version}")

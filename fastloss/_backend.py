@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import warnings
 from types import ModuleType
 
 import torch
@@ -20,12 +21,39 @@ CUDA_BUILD_HINT = (
     "`CUDA_HOME=/path/to/cuda FASTLOSS_CUDA=1 pip install --no-build-isolation -e .`"
 )
 
-_extension: ModuleType | None = None
-_extension_error: str | None = None
-try:
-    _extension = importlib.import_module("fastloss._C")
-except ImportError as exc:  # not built: the Triton and torch backends still work
-    _extension_error = str(exc)
+def _minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _built_for(info: ModuleType) -> str:
+    cuda = f"CUDA {info.CUDA_VERSION}, GPU archs {info.CUDA_ARCH_LIST}" if info.CUDA_VERSION else "CPU only"
+    return f"torch {info.TORCH_VERSION} ({cuda})"
+
+
+def _load_extension() -> tuple[ModuleType | None, str | None]:
+    """fastloss._C, or None and why not. Built against another torch minor version, it is not
+    loaded (its C++ ABI is that torch's: loading fails on an undefined symbol, or worse), and a
+    warning says what it was built for; the Triton and torch backends still work."""
+    try:
+        info = importlib.import_module("fastloss._build_info")
+    except ImportError:
+        info = None
+    if info is not None and _minor(info.TORCH_VERSION) != _minor(torch.__version__):
+        why = (f"fastloss._C was built for {_built_for(info)}, but this is torch {torch.__version__}: install "
+               f"the fastloss build for torch {_minor(torch.__version__)} (its version ends in "
+               f"torch{_minor(torch.__version__)}), torch {_minor(info.TORCH_VERSION)} for this build, or {BUILD_HINT}")
+        warnings.warn(f"{why}. Until then the Triton and torch backends serve every loss.", RuntimeWarning,
+                      stacklevel=3)
+        return None, why
+    try:
+        return importlib.import_module("fastloss._C"), None
+    except ImportError as exc:  # not built: the Triton and torch backends still work
+        if info is not None and "undefined symbol" in str(exc):
+            return None, f"{exc} (built for {_built_for(info)}; {BUILD_HINT})"
+        return None, str(exc)
+
+
+_extension, _extension_error = _load_extension()
 
 _triton_found = importlib.util.find_spec("triton") is not None
 
@@ -66,6 +94,47 @@ def triton_found() -> bool:
     return _triton_found
 
 
+def cuda_arch_serves(capability: tuple[int, int], arch_list: str) -> bool:
+    """Whether a build for `arch_list` ("8.0;8.6;9.0+PTX") runs on a GPU of compute `capability`:
+    machine code for the same major version and a minor one at most the GPU's (an arch-specific
+    "9.0a" only on that GPU), or PTX for an arch at most the GPU's. A list fastloss cannot read
+    (an arch by name) is trusted."""
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        number = entry.removesuffix("+PTX")
+        specific = number[-1:] in ("a", "f")
+        try:
+            major, minor = (int(v) for v in number.rstrip("af").split("."))
+        except ValueError:
+            return True
+        if (major, minor) == capability or (
+                not specific and major == capability[0] and minor <= capability[1]):
+            return True
+        if ptx and (major, minor) <= capability:
+            return True
+    return False
+
+
+_arch_problems: dict[int, str | None] = {}
+_arch_warned: set[int | None] = set()
+
+
+def cuda_arch_problem(device: torch.device) -> str | None:
+    """Why fastloss._C's CUDA code cannot run on `device`'s GPU, or None (checked once per GPU)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _arch_problems:
+        capability = tuple(torch.cuda.get_device_capability(index))
+        archs = _extension.cuda_arch_list
+        _arch_problems[index] = None if cuda_arch_serves(capability, archs) else (
+            f"fastloss._C holds GPU code for the archs {archs}, and this GPU ({torch.cuda.get_device_name(index)}) "
+            f"is sm_{capability[0]}{capability[1]}: rebuild with TORCH_CUDA_ARCH_LIST="
+            f"\"{capability[0]}.{capability[1]}\" (or install a wheel built for it), or use backend='triton'")
+    return _arch_problems[index]
+
+
 def resolve(backend: str | None, device: torch.device) -> str:
     """The concrete backend ("cpu", "cuda", "triton" or "torch") for a call on `device`."""
     if backend is None:
@@ -77,16 +146,22 @@ def resolve(backend: str | None, device: torch.device) -> str:
     kind = device.type
     if backend == "auto":
         if kind == "cuda":
-            if cuda_built():
+            # (checked outside torch.compile's tracing: the eager calls before it have checked)
+            if cuda_built() and (torch.compiler.is_compiling() or cuda_arch_problem(device) is None):
                 return "cuda"
+            if cuda_built() and device.index not in _arch_warned:
+                _arch_warned.add(device.index)
+                warnings.warn(f"fastloss: {cuda_arch_problem(device)}; the Triton backend runs instead",
+                              RuntimeWarning, stacklevel=4)
             return "triton" if _triton_found else "torch"
         if kind == "cpu" and cpu_built():
             return "cpu"
         return "torch"
     if backend == "cpu":
         if not cpu_built():
+            hint = "" if BUILD_HINT in (_extension_error or "") else f"; {BUILD_HINT}"
             raise RuntimeError(f"fastloss: backend 'cpu' needs the compiled extension fastloss._C, "
-                               f"which is not built here ({_extension_error}); {BUILD_HINT}")
+                               f"which cannot be loaded here ({_extension_error}){hint}")
         if kind != "cpu":
             raise ValueError(f"fastloss: backend 'cpu' takes CPU tensors, got tensors on {device}")
     elif backend == "cuda":
@@ -95,6 +170,8 @@ def resolve(backend: str | None, device: torch.device) -> str:
             raise RuntimeError(f"fastloss: backend 'cuda' is not available: {why}; {CUDA_BUILD_HINT}")
         if kind != "cuda":
             raise ValueError(f"fastloss: backend 'cuda' takes CUDA tensors, got tensors on {device}")
+        if not torch.compiler.is_compiling() and cuda_arch_problem(device) is not None:
+            raise RuntimeError(f"fastloss: backend 'cuda' cannot run here: {cuda_arch_problem(device)}")
     elif backend == "triton":
         if not _triton_found:
             raise RuntimeError("fastloss: backend 'triton' needs the triton package: `pip install triton`")

@@ -90,6 +90,7 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
                      d, margin_bits, eps_bits, p_bits, scale_bits,
                      LOSS: tl.constexpr, NORM: tl.constexpr, SWAP: tl.constexpr, HAS_LABEL: tl.constexpr,
                      WRITE_LOSS: tl.constexpr, GA: tl.constexpr, GB: tl.constexpr, GC: tl.constexpr,
+                     ANY_GRAD: tl.constexpr,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = row * d
@@ -183,7 +184,7 @@ def _row_loss_kernel(a_ptr, b_ptr, c_ptr, label_ptr, loss_ptr, ga_ptr, gb_ptr, g
         tl.store(loss_ptr + row, loss.to(loss_ptr.dtype.element_ty))
     else:
         tl.store(partial_ptr + row, loss)
-    if GA or GB or GC:
+    if ANY_GRAD:  # (GA or GB or GC: Triton before 3.4 compiles no chained boolean of constexprs)
         grad_scale = _scalar(scale_bits, ACC)
         k0 = k0 * grad_scale
         k1 = k1 * grad_scale
@@ -242,7 +243,8 @@ def row_loss(a, b, c, label, loss, reduction, margin, eps, p, swap, need_grad_a,
             a, b, c if c is not None else a, label if label is not None else a, loss_out, *grads, partials,
             d, *(scalar_bits(v, acc_torch) for v in (margin, eps, p, 1.0 / n if reduction == 1 else 1.0)),
             LOSS=loss, NORM=norm, SWAP=bool(swap), HAS_LABEL=label is not None, WRITE_LOSS=reduction == 0,
-            GA=need_grad_a, GB=need_grad_b, GC=need_grad_c and c is not None, ACC=acc_tl, BLOCK=block)
+            GA=need_grad_a, GB=need_grad_b, GC=need_grad_c and c is not None,
+            ANY_GRAD=need_grad_a or need_grad_b or (need_grad_c and c is not None), ACC=acc_tl, BLOCK=block)
         if reduction != 0:
             _finish_kernel[(1,)](partials, n, loss_out, partials, partials, n, ACC=acc_tl, HAS_OUT=True,
                                  HAS_INVERSE=False, DIVIDE=reduction == 1, HAS_DIVISOR=False, BLOCK=FINISH_BLOCK)

@@ -1,8 +1,11 @@
 """Bad input gets a clear error that names the argument and what was expected."""
 
 import os
+import re
 import subprocess
 import sys
+import types
+import warnings
 
 import pytest
 import torch
@@ -78,6 +81,7 @@ def test_auto_backend_for_cuda_tensors(monkeypatch, cuda_built, triton_found, ex
     """The choice for CUDA tensors, decided without a GPU: the CUDA kernels where built, else
     Triton where installed, else the plain formula."""
     monkeypatch.setattr(_backend, "cuda_built", lambda: cuda_built)
+    monkeypatch.setattr(_backend, "cuda_arch_problem", lambda device: None)  # a GPU the build serves
     monkeypatch.setattr(_backend, "_triton_found", triton_found)
     monkeypatch.setattr(_backend, "DEFAULT_BACKEND", "auto")
     assert _backend.resolve("auto", torch.device("cuda")) == expected
@@ -86,6 +90,7 @@ def test_auto_backend_for_cuda_tensors(monkeypatch, cuda_built, triton_found, ex
 
 def test_explicit_backends_for_each_device(monkeypatch):
     monkeypatch.setattr(_backend, "cuda_built", lambda: True)
+    monkeypatch.setattr(_backend, "cuda_arch_problem", lambda device: None)
     monkeypatch.setattr(_backend, "_triton_found", True)
     cuda, cpu, meta = torch.device("cuda"), torch.device("cpu"), torch.device("meta")
     assert _backend.resolve("cuda", cuda) == "cuda"
@@ -103,6 +108,71 @@ def test_explicit_backends_for_each_device(monkeypatch):
         _backend.resolve("triton", cuda)
     monkeypatch.setattr(_backend, "DEFAULT_BACKEND", "torch")
     assert _backend.resolve("auto", cpu) == "torch" and _backend.resolve("cpu", cpu) == "cpu"
+
+
+@pytest.mark.parametrize("capability,arch_list,serves", [
+    ((8, 0), "8.0;9.0+PTX", True), ((8, 6), "8.0;9.0+PTX", True), ((8, 9), "8.0;9.0+PTX", True),
+    ((10, 0), "8.0;9.0+PTX", True), ((12, 0), "8.0 8.6 9.0+PTX", True), ((7, 5), "8.0;9.0+PTX", False),
+    ((10, 0), "8.0;9.0", False), ((8, 0), "8.6", False), ((9, 0), "9.0a", True), ((10, 0), "9.0a", False),
+    ((9, 0), "Hopper", True)])
+def test_which_gpus_a_build_serves(capability, arch_list, serves):
+    """Machine code runs on the same major version at an equal or newer minor one; PTX on any newer GPU."""
+    assert _backend.cuda_arch_serves(capability, arch_list) is serves
+
+
+def _a_gpu(monkeypatch, capability, name):
+    """A CUDA build for sm_80 and sm_90 (+PTX) on a machine whose GPU 0 is `name`, without a GPU."""
+    monkeypatch.setattr(_backend, "cuda_built", lambda: True)
+    monkeypatch.setattr(_backend, "_extension", types.SimpleNamespace(cuda_arch_list="8.0;9.0+PTX"))
+    monkeypatch.setattr(_backend, "_arch_problems", {})
+    monkeypatch.setattr(_backend, "_arch_warned", set())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_backend, "_triton_found", True)
+    monkeypatch.setattr(_backend, "DEFAULT_BACKEND", "auto")
+
+
+def test_a_gpu_the_build_does_not_serve(monkeypatch):
+    """No CUDA "no kernel image" failure at the first call: backend 'cuda' says what the build
+    holds, what the GPU is and what to do; 'auto' warns once and takes Triton."""
+    _a_gpu(monkeypatch, (7, 5), "Tesla T4")
+    gpu = torch.device("cuda", 0)
+    with pytest.raises(RuntimeError, match=r"GPU code for the archs 8\.0;9\.0\+PTX, and this GPU \(Tesla T4\) "
+                                           r"is sm_75: rebuild with TORCH_CUDA_ARCH_LIST=\"7\.5\".*backend='triton'"):
+        _backend.resolve("cuda", gpu)
+    with pytest.warns(RuntimeWarning, match="sm_75.*the Triton backend runs instead"):
+        assert _backend.resolve("auto", gpu) == "triton"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once is enough
+        assert _backend.resolve("auto", gpu) == "triton"
+
+
+def test_a_gpu_the_build_serves(monkeypatch):
+    _a_gpu(monkeypatch, (8, 6), "NVIDIA A10")
+    assert _backend.resolve("cuda", torch.device("cuda", 0)) == "cuda"
+    assert _backend.resolve("auto", torch.device("cuda")) == "cuda"
+
+
+def test_an_extension_built_for_another_torch(monkeypatch):
+    """Not loaded (its ABI is another torch's): a warning says what it was built for, what is
+    installed and what to do; the cpu backend's error repeats it."""
+    info = types.ModuleType("fastloss._build_info")
+    info.TORCH_VERSION, info.CUDA_VERSION, info.CUDA_ARCH_LIST = "2.11.0+cu130", "13.0", "8.0;9.0+PTX"
+    monkeypatch.setitem(sys.modules, "fastloss._build_info", info)
+    minor = ".".join(torch.__version__.split(".")[:2])
+    with pytest.warns(RuntimeWarning, match=r"built for torch 2\.11\.0\+cu130 \(CUDA 13\.0, GPU archs 8\.0;9\.0\+PTX\), "
+                                            rf"but this is torch {re.escape(torch.__version__)}: install the fastloss "
+                                            rf"build for torch {minor}"):
+        extension, why = _backend._load_extension()
+    assert extension is None
+    monkeypatch.setattr(_backend, "_extension", None)
+    monkeypatch.setattr(_backend, "_extension_error", why)
+    with pytest.raises(RuntimeError, match="built for torch 2.11.0"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="cpu")
+    assert fastloss.mse_loss(torch.ones(3), torch.zeros(3)).item() == 1.0  # the torch backend serves
+    info.TORCH_VERSION = torch.__version__  # the same minor version: loaded
+    assert _backend._load_extension()[0] is not None
 
 
 def test_available_backends(monkeypatch):
