@@ -11,14 +11,14 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup test mutation bench wheel gpu-check clean
+.PHONY: setup test mutation bench wheel wheel-check oldest-torch-check gpu-check clean
 
 setup: $(VENV)/.built
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja setuptools wheel \
-		pytest pytest-benchmark scikit-learn expecttest pytorch-metric-learning==2.9.0 tqdm matplotlib
+		pytest pytest-benchmark scikit-learn expecttest pytorch-metric-learning==2.9.0 tqdm matplotlib build
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
@@ -49,13 +49,27 @@ bench: setup
 	@echo "make bench: the $(BENCH) report, about $(if $(filter quick,$(BENCH)),4,28) min on a 2-core CPU$(if $(filter quick,$(BENCH)),, (BENCH=quick: about 4 min))"
 	$(PY) bench/report.py $(if $(filter quick,$(BENCH)),--quick) $(BENCH_ARGS)
 
-# A wheel for the GPUs in TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX), tagged with CUDA and torch.
+# A wheel for every GPU arch this nvcc has from sm_80 on (sm_80, 86, 89, 90, and 100 and 120 where
+# the toolkit has them), PTX for the newest; dist/fastloss-0.1.0+cu<CUDA>torch<minor>-....whl.
+# WHEEL_ARCHS="9.0" for one arch; FASTLOSS_CUDA=0 for a CPU-only wheel (+cputorch<minor>).
+NVCC_ARCHS := $(if $(CUDA_HOME),$(shell $(CUDA_HOME)/bin/nvcc --list-gpu-arch 2>/dev/null))
+WHEEL_ARCHS ?= 8.0;8.6;8.9;9.0$(if $(filter compute_100,$(NVCC_ARCHS)),;10.0)$(if $(filter compute_120,$(NVCC_ARCHS)),;12.0)+PTX
 wheel: $(VENV)/.deps
-	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+	TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" $(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+# The wheels as a user gets them (tests/wheel/check.sh): built from the sdist, inspected, installed
+# into a fresh venv without the sources or nvcc, `python -m fastloss` and the suite run against them.
+wheel-check: $(VENV)/.deps
+	PY=$(abspath $(PY)) bash tests/wheel/check.sh
+
+# The oldest torch and Triton CI can install (torch 2.13.0 CPU, Triton 3.6; tests/wheel/oldest_torch.sh):
+# the CPU and interpreted-Triton suite against a build from the sdist.
+oldest-torch-check: $(VENV)/.deps
+	PY=$(abspath $(PY)) bash tests/wheel/oldest_torch.sh
 
 # On the GPU validation machine (see ../shared/gpu.md): its own python3, no venv, no network.
 gpu-check:
 	bash bench/gpu_check.sh
 
 clean:
-	rm -rf build dist *.egg-info fastloss/_C*.so $(VENV)
+	rm -rf build dist *.egg-info fastloss/_C*.so fastloss/_build_info.py $(VENV)

@@ -1,5 +1,6 @@
 """`python -m fastloss`: the version, how the extension was built, which backends work here."""
 
+import importlib.metadata
 import platform
 
 import torch
@@ -8,7 +9,11 @@ from . import __version__, _backend
 
 
 def main() -> None:
-    print(f"fastloss {__version__}  (python {platform.python_version()}, torch {torch.__version__})")
+    try:  # the installed build's version carries its tag (0.1.0+cu130torch2.14)
+        version = importlib.metadata.version("fastloss")
+    except importlib.metadata.PackageNotFoundError:
+        version = __version__
+    print(f"fastloss {version}  (python {platform.python_version()}, torch {torch.__version__})")
     ext = _backend.extension()
     if ext is None:
         print(f"extension fastloss._C: not loaded ({_backend.extension_error()})")

@@ -40,7 +40,8 @@ def oracle_contrastive(x, y, pos_margin=0.0, neg_margin=1.0, normalize=True, ref
     same = y[:, None] == ry[None, :]
     pos = same & ~torch.eye(len(y), dtype=torch.bool) if ref is None else same
     neg = ~same
-    pc, nc = (d - pos_margin).clamp_min(0)[pos], (neg_margin - d).clamp_min(0)[neg]
+    # relu, as pytorch-metric-learning: its gradient at 0 is 0 in every torch (clamp_min's is not)
+    pc, nc = F.relu(d - pos_margin)[pos], F.relu(neg_margin - d)[neg]
     if reduction == "avg_nonzero":
         mean = lambda c: c[c > 0].mean() if bool((c > 0).any()) else d.sum() * 0  # noqa: E731
         return mean(pc) + mean(nc)

@@ -50,6 +50,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kernels_dir() -> Path:
+    """The Triton kernels' folder: the checkout's, else an installed fastloss's (a wheel under test)."""
+    for candidate in [ROOT / "kernels"] + [Path(entry) / "fastloss" / "kernels" for entry in sys.path if entry]:
+        if (candidate / "__init__.py").exists():
+            return candidate
+    raise FileNotFoundError("fastloss's Triton kernels are neither in the checkout nor installed")
 TARGET = ("cuda", 90, 32)
 MODULES = ("pointwise_loss", "masked_mse", "row_loss", "batch_pair_loss", "info_nce")
 DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
@@ -264,8 +272,9 @@ def _child(out_path: str, case_ids: list[str]) -> None:
 
     JITFunction.__getitem__ = compile_only
 
-    spec = importlib.util.spec_from_file_location("_sm90_compile_kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])
+    kernels_dir = _kernels_dir()
+    spec = importlib.util.spec_from_file_location("_sm90_compile_kernels", kernels_dir / "__init__.py",
+                                                  submodule_search_locations=[str(kernels_dir)])
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
