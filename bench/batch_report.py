@@ -68,7 +68,7 @@ def _rss(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def loss_fn(loss: str, provider: str, dtype_note: str = ""):
+def loss_fn(loss: str, provider: str):
     """fn(x, y) -> loss of `provider`: y the labels (margin losses) or the keys / second view."""
     import torch
 
