@@ -20,7 +20,6 @@ import fastloss
 from fastloss import reference
 
 Step = Callable[[], None]
-MODES = ("forward", "train", "backward")
 FUSED_BACKWARD = "fused: the gradient is computed in the forward pass (see forward+backward)"
 MAE_PATCH = 768       # 16 x 16 x 3 values per patch
 MAE_PATCHES = 196     # 14 x 14 patches per image
