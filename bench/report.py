@@ -60,7 +60,7 @@ PLANS = {
                  "caching": {"dtypes": ("float32",), "modes": ("forward", "train")},
                  "batch": {"losses": ("batch_contrastive", "batch_hard_triplet", "info_nce", "clip", "nt_xent"),
                            "sizes": (1024, 4096, 16384, 32768), "dims": (128,)},
-                 "minutes": 28},
+                 "minutes": 25},
     "quick-cpu": {"losses": ("mse", "bce", "masked_mse", "contrastive", "triplet", "cosine_embedding"),
                   "modes": ("forward", "train", "backward"),
                   "sizes": {"float32": [2**22], "bfloat16": [2**22]},
@@ -69,7 +69,7 @@ PLANS = {
                   "bfloat16_modes": ("train",),
                   "batch": {"losses": ("batch_contrastive", "batch_hard_triplet", "info_nce"), "sizes": (4096,),
                             "dims": (128,)},
-                  "minutes": 4},
+                  "minutes": 3},
     "full-cuda": {"losses": POINTWISE + ROWS, "modes": ("forward", "train", "backward"),
                   "sizes": {"float32": [2**22, 2**25, 2**28], "bfloat16": [2**28]},
                   "row_shapes": {"float32": [(4096, 128), (65536, 256), (1048576, 256)],
@@ -211,7 +211,7 @@ def run_regime(regime: str, args: argparse.Namespace, env_extra: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a representative subset (about 4 min on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="a representative subset (about 3 min on 2 CPU cores)")
     parser.add_argument("--parts", default="memory-bound,in-batch", help="memory-bound, in-batch or both")
     parser.add_argument("--losses", default=None, help="memory-bound losses to run (default: the plan's)")
     parser.add_argument("--batch-losses", default=None, help="in-batch losses to run (default: the plan's)")
