@@ -37,5 +37,5 @@ step "the test suite against it"
 mkdir "$WORK/run" && cp -r tests bench examples README.md pyproject.toml "$WORK/run/"
 cd "$WORK/run"
 env -i HOME="$HOME" PATH="$WORK/venv/bin:/usr/bin:/bin" "$VPY" -m fastloss
-env -i HOME="$HOME" PATH="$WORK/venv/bin:/usr/bin:/bin" "$VPY" -m pytest -q -p no:cacheprovider ${OLDEST_TESTS:-tests} -x
+env -i HOME="$HOME" PATH="$WORK/venv/bin:/usr/bin:/bin" "$VPY" -m pytest -q -p no:cacheprovider ${OLDEST_TESTS:-tests} ${PYTEST_ARGS--x}
 step "done"
