@@ -62,7 +62,7 @@ wheel: $(VENV)/.deps
 wheel-check: $(VENV)/.deps
 	PY=$(abspath $(PY)) bash tests/wheel/check.sh
 
-# The oldest torch and Triton CI can install (torch 2.13.0 CPU, Triton 3.6; tests/wheel/oldest_torch.sh):
+# The oldest torch CI can install (torch 2.13.0 CPU, with Triton 3.8; tests/wheel/oldest_torch.sh):
 # the CPU and interpreted-Triton suite against a build from the sdist.
 oldest-torch-check: $(VENV)/.deps
 	PY=$(abspath $(PY)) bash tests/wheel/oldest_torch.sh
