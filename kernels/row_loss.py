@@ -239,12 +239,13 @@ def row_loss(a, b, c, label, loss, reduction, margin, eps, p, swap, need_grad_a,
             return (loss_out, *grads)
         partials = torch.empty(n, dtype=acc_torch, device=a.device)
         block = min(MAX_BLOCK_D, triton.next_power_of_2(max(d, 1)))
+        grad_c = need_grad_c and c is not None
         _row_loss_kernel[(n,)](
             a, b, c if c is not None else a, label if label is not None else a, loss_out, *grads, partials,
             d, *(scalar_bits(v, acc_torch) for v in (margin, eps, p, 1.0 / n if reduction == 1 else 1.0)),
             LOSS=loss, NORM=norm, SWAP=bool(swap), HAS_LABEL=label is not None, WRITE_LOSS=reduction == 0,
-            GA=need_grad_a, GB=need_grad_b, GC=need_grad_c and c is not None,
-            ANY_GRAD=need_grad_a or need_grad_b or (need_grad_c and c is not None), ACC=acc_tl, BLOCK=block)
+            GA=need_grad_a, GB=need_grad_b, GC=grad_c, ANY_GRAD=need_grad_a or need_grad_b or grad_c,
+            ACC=acc_tl, BLOCK=block)
         if reduction != 0:
             _finish_kernel[(1,)](partials, n, loss_out, partials, partials, n, ACC=acc_tl, HAS_OUT=True,
                                  HAS_INVERSE=False, DIVIDE=reduction == 1, HAS_DIVISOR=False, BLOCK=FINISH_BLOCK)
