@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _args, reference
+from . import _torch_losses as TF
 from .ops import batch as batch_ops
 from .ops import info_nce as info_nce_ops
 from .ops import masked_mse as masked_ops
@@ -67,7 +68,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
     _check_weight_size("mse_loss", input, weight)
     return ops.pointwise_loss(ops.MSE, input, target, weight, None, reduction, 0.0, backend,
                               lambda: reference.mse_loss(input, target, reduction, weight),
-                              lambda: _torch(F.mse_loss, input, target, reduction=reduction, weight=weight))
+                              lambda: _torch(TF.mse_loss, input, target, reduction=reduction, weight=weight))
 
 
 def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -82,7 +83,7 @@ def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None
     _check_weight_size("l1_loss", input, weight)
     return ops.pointwise_loss(ops.L1, input, target, weight, None, reduction, 0.0, backend,
                               lambda: reference.l1_loss(input, target, reduction, weight),
-                              lambda: _torch(F.l1_loss, input, target, reduction=reduction, weight=weight))
+                              lambda: _torch(TF.l1_loss, input, target, reduction=reduction, weight=weight))
 
 
 def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
@@ -102,7 +103,7 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool
     spec = ops.L1 if beta == 0.0 else ops.SMOOTH_L1
     return ops.pointwise_loss(spec, input, target, None, None, reduction, beta, backend,
                               lambda: reference.smooth_l1_loss(input, target, reduction, beta),
-                              lambda: _torch(F.smooth_l1_loss, input, target, reduction=reduction, beta=beta))
+                              lambda: _torch(TF.smooth_l1_loss, input, target, reduction=reduction, beta=beta))
 
 
 def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
@@ -121,7 +122,7 @@ def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean
     _check_weight_size("huber_loss", input, weight)
     return ops.pointwise_loss(ops.HUBER, input, target, weight, None, reduction, delta, backend,
                               lambda: reference.huber_loss(input, target, reduction, delta, weight),
-                              lambda: _torch(F.huber_loss, input, target, reduction=reduction, delta=delta, weight=weight))
+                              lambda: _torch(TF.huber_loss, input, target, reduction=reduction, delta=delta, weight=weight))
 
 
 def binary_cross_entropy_with_logits(
@@ -143,7 +144,7 @@ def binary_cross_entropy_with_logits(
     return ops.pointwise_loss(
         ops.BCE_WITH_LOGITS, input, target, weight, pos_weight, reduction, 0.0, backend,
         lambda: reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight),
-        lambda: _torch(F.binary_cross_entropy_with_logits, input, target, weight, reduction=reduction, pos_weight=pos_weight))
+        lambda: _torch(TF.binary_cross_entropy_with_logits, input, target, weight, reduction=reduction, pos_weight=pos_weight))
 
 
 def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
@@ -226,7 +227,7 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
     return row_ops.row_loss("triplet_margin_loss", kind, [("anchor", anchor), ("positive", positive),
                                                           ("negative", negative)],
                             None, reduction, margin, eps, p, swap, backend, ref,
-                            lambda: _torch(F.triplet_margin_loss, anchor, positive, negative, margin=margin, p=p, eps=eps,
+                            lambda: _torch(TF.triplet_margin_loss, anchor, positive, negative, margin=margin, p=p, eps=eps,
                                    swap=swap, reduction=reduction))
 
 
@@ -241,7 +242,7 @@ def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: to
         "cosine_embedding_loss", row_ops.COSINE_EMBEDDING, [("input1", input1), ("input2", input2)], target,
         reduction, margin, 0.0, 2.0, False, backend,
         lambda: reference.cosine_embedding_loss(input1, input2, target, margin, reduction),
-        lambda: _torch(F.cosine_embedding_loss, input1, input2, target, margin=margin, reduction=reduction), max_dim=2)
+        lambda: _torch(TF.cosine_embedding_loss, input1, input2, target, margin=margin, reduction=reduction), max_dim=2)
 
 
 def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,

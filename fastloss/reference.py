@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _torch_losses as TF
+
 
 def reduce(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None = None,
            mean_by_weight_sum: bool = False) -> torch.Tensor:
@@ -44,13 +46,13 @@ def l1_loss(input, target, reduction="mean", weight=None):
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     """Smooth L1 (beta = 0 is L1, as in torch)."""
     with _quiet():
-        return reduce(F.smooth_l1_loss(input, target, reduction="none", beta=beta), reduction)
+        return reduce(TF.smooth_l1_loss(input, target, reduction="none", beta=beta), reduction)
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     """Huber; a weighted "mean" divides by the element count, as torch does."""
     with _quiet():
-        return _weighted(F.huber_loss(input, target, reduction="none", delta=delta), reduction, weight, False)
+        return _weighted(TF.huber_loss(input, target, reduction="none", delta=delta), reduction, weight, False)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
@@ -59,9 +61,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     dtype = torch.promote_types(input.dtype, target.dtype)
     if dtype in (torch.float16, torch.bfloat16):
         up = [None if t is None else t.float() for t in (input, target, weight, pos_weight)]
-        out = F.binary_cross_entropy_with_logits(up[0], up[1], up[2], reduction=reduction, pos_weight=up[3])
+        out = TF.binary_cross_entropy_with_logits(up[0], up[1], up[2], reduction=reduction, pos_weight=up[3])
         return out.to(dtype)
-    return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)
+    return TF.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)
 
 
 def masked_mse_loss(input, target, mask, norm_target=False, eps=1e-6):
@@ -131,7 +133,7 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6,
     (anchor, positive, negative), low = _via_float32(anchor, positive, negative)
     if low is not None:
         return triplet_margin_loss(anchor, positive, negative, margin, p, eps, swap, reduction).to(low)
-    return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=p, eps=eps, swap=swap,
+    return TF.triplet_margin_loss(anchor, positive, negative, margin=margin, p=p, eps=eps, swap=swap,
                                  reduction=reduction)
 
 
@@ -140,7 +142,7 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean"):
     (input1, input2), low = _via_float32(input1, input2)
     if low is not None:
         return cosine_embedding_loss(input1, input2, target.float(), margin, reduction).to(low)
-    return F.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)
+    return TF.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)
 
 
 def pairwise_distances(q, r):
