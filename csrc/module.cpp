@@ -23,4 +23,12 @@ PYBIND11_MODULE(_C, m) {
         "Instruction set the CPU kernels run with on this machine.");
   m.def("output_cache_blocks", [] { return fastloss::cpu::OutputBlockCache::instance().block_sizes(); },
         "Sizes in bytes of the free blocks in the CPU output cache, in the order returned.");
+  m.def("output_cache_info", [] {
+        const auto info = fastloss::cpu::OutputBlockCache::instance().info();
+        return pybind11::make_tuple(info.blocks, info.bytes, info.limit);
+      },
+        "(free blocks, their bytes, the limit in bytes) of the CPU output cache.");
+  m.def("output_cache_release", [] { return fastloss::cpu::OutputBlockCache::instance().release_free(); },
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "Returns the CPU output cache's free blocks to the OS; the bytes released.");
 }

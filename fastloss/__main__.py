@@ -5,7 +5,7 @@ import platform
 
 import torch
 
-from . import __version__, _backend
+from . import __version__, _backend, cache
 
 
 def main() -> None:
@@ -25,6 +25,9 @@ def main() -> None:
             print(f"  CUDA kernels: CUDA {ext.cuda_version}, arch list {ext.cuda_arch_list}")
         else:
             print("  CUDA kernels: not compiled")
+        limit = cache.cache_info().limit
+        print("CPU output cache: " + (f"up to {limit >> 20} MiB (FASTLOSS_OUTPUT_CACHE_MB)" if limit
+                                      else "off (FASTLOSS_OUTPUT_CACHE_MB=0)"))
     if _backend.triton_found():
         import triton
 

@@ -100,6 +100,34 @@ class OutputBlockCache {
 
   bool enabled() const { return limit_ > 0; }
 
+  // Returns every free block to the OS (fastloss.empty_cache()); blocks held by tensors are not
+  // in the cache: they come back when their tensor is freed, and are then kept or not as usual.
+  // Returns the bytes released.
+  size_t release_free() {
+    std::vector<Block> released;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      released.swap(free_);
+      cached_ = 0;
+    }
+    size_t bytes = 0;
+    for (const Block& b : released) {
+      bytes += b.bytes;
+#if defined(__linux__)
+      munmap(b.data, b.bytes);  // outside the lock
+#endif
+    }
+    return bytes;
+  }
+
+  struct Info {
+    size_t blocks, bytes, limit;
+  };
+  Info info() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {free_.size(), cached_, limit_};
+  }
+
   std::vector<size_t> block_sizes() {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<size_t> sizes;
