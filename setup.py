@@ -170,6 +170,7 @@ setup(
     install_requires=requirements,
     packages=["fastloss", "fastloss.ops", "fastloss.kernels"],
     package_dir={"fastloss.kernels": "kernels"},
+    package_data={"fastloss": ["py.typed"]},  # the type hints are part of the API (PEP 561)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

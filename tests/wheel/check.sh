@@ -35,6 +35,7 @@ step "CPU-only wheel from the sdist"
 build_wheel cpu FASTLOSS_CUDA=0
 CPU_WHEEL=$(ls "$WORK"/wheels/cpu/*.whl)
 case "$(basename "$CPU_WHEEL")" in *+cputorch*) ;; *) echo "wheel-check: CPU wheel not tagged +cpu...: $CPU_WHEEL"; exit 1;; esac
+"$PY" -m zipfile -l "$CPU_WHEEL" | grep -q "fastloss/py.typed" || { echo "wheel-check: no fastloss/py.typed in the wheel"; exit 1; }
 
 if [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then
   step "CUDA wheel for sm_${ARCH/./} from the sdist"
@@ -57,7 +58,7 @@ TORCH=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
 "$VPY" -m pip install -q "torch==$TORCH" "$CPU_WHEEL" pytest pytest-benchmark scikit-learn expecttest \
   pytorch-metric-learning==2.9.0 tqdm matplotlib 2>&1 | grep -v "is ignored: it is neither" || true
 # the tests and what they read, without the package's sources
-mkdir "$WORK/run" && cp -r tests bench examples README.md pyproject.toml "$WORK/run/"
+mkdir "$WORK/run" && cp -r tests bench examples docs README.md pyproject.toml "$WORK/run/"
 cd "$WORK/run"
 CLEAN_PATH="$WORK/venv/bin:/usr/bin:/bin"
 

@@ -34,7 +34,7 @@ mkdir "$WORK/src" && tar -xzf "$WORK"/dist/fastloss-*.tar.gz -C "$WORK/src"
 ls "$WORK"/wheel
 
 step "the test suite against it"
-mkdir "$WORK/run" && cp -r tests bench examples README.md pyproject.toml "$WORK/run/"
+mkdir "$WORK/run" && cp -r tests bench examples docs README.md pyproject.toml "$WORK/run/"
 cd "$WORK/run"
 env -i HOME="$HOME" PATH="$WORK/venv/bin:/usr/bin:/bin" "$VPY" -m fastloss
 env -i HOME="$HOME" PATH="$WORK/venv/bin:/usr/bin:/bin" "$VPY" -m pytest -q -p no:cacheprovider ${OLDEST_TESTS:-tests} ${PYTEST_ARGS--x}
