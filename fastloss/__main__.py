@@ -38,7 +38,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"GPU: {gpu}")
     print("backends that run here: " + ", ".join(k for k, ok in _backend.available().items() if ok))
-    print(f"default backend: {_backend.DEFAULT_BACKEND} (env FASTLOSS_BACKEND)")
+    source = " (from FASTLOSS_BACKEND)" if _backend.from_environment() else ""
+    print(f"default backend: {_backend.DEFAULT_BACKEND}{source}")
 
 
 if __name__ == "__main__":

@@ -58,15 +58,31 @@ _extension, _extension_error = _load_extension()
 _triton_found = importlib.util.find_spec("triton") is not None
 
 
-def _default_backend() -> str:
-    value = os.environ.get("FASTLOSS_BACKEND", "auto").strip().lower() or "auto"
+def normalize(backend: str | None, what: str = "backend") -> str:
+    """A backend name as given to `backend=` or in FASTLOSS_BACKEND: case and surrounding spaces
+    do not matter, and None (or an empty variable) means "auto"."""
+    if backend is None:
+        return "auto"
+    value = backend.strip().lower() if isinstance(backend, str) else backend
+    if value == "" and what == "FASTLOSS_BACKEND":
+        return "auto"
     if value not in BACKENDS:
-        raise ValueError(f"fastloss: FASTLOSS_BACKEND must be one of {', '.join(BACKENDS)}, got {value!r}")
+        raise ValueError(f"fastloss: {what} must be one of {', '.join(map(repr, BACKENDS))} (or None for "
+                         f"'auto'), got {backend!r}")
     return value
+
+
+def _default_backend() -> str:
+    return normalize(os.environ.get("FASTLOSS_BACKEND"), "FASTLOSS_BACKEND")
 
 
 # Read once at import: torch.compile then sees a constant, not an environment lookup.
 DEFAULT_BACKEND = _default_backend()
+
+
+def from_environment() -> bool:
+    """Whether FASTLOSS_BACKEND chose a default other than "auto"."""
+    return DEFAULT_BACKEND != "auto"
 
 
 def extension() -> ModuleType | None:
@@ -135,14 +151,35 @@ def cuda_arch_problem(device: torch.device) -> str | None:
     return _arch_problems[index]
 
 
+def check(backend: str | None) -> str:
+    """The backend name normalised, after checking what does not depend on the tensors (that
+    the name exists and that the backend was built or installed): modules call this when
+    constructed. The tensors' device is checked at each call."""
+    backend = normalize(backend)
+    _check_built(backend, "backend " + repr(backend))
+    return backend
+
+
+def _check_built(backend: str, named: str) -> None:
+    if backend == "cpu" and not cpu_built():
+        hint = "" if BUILD_HINT in (_extension_error or "") else f"; {BUILD_HINT}"
+        raise RuntimeError(f"fastloss: {named} needs the compiled extension fastloss._C, "
+                           f"which cannot be loaded here ({_extension_error}){hint}")
+    if backend == "cuda" and not cuda_built():
+        why = "fastloss._C is not built" if not cpu_built() else "fastloss._C was built without CUDA"
+        raise RuntimeError(f"fastloss: {named} is not available: {why}; {CUDA_BUILD_HINT}")
+    if backend == "triton" and not _triton_found:
+        raise RuntimeError(f"fastloss: {named} needs the triton package: `pip install triton`")
+
+
 def resolve(backend: str | None, device: torch.device) -> str:
     """The concrete backend ("cpu", "cuda", "triton" or "torch") for a call on `device`."""
-    if backend is None:
-        backend = "auto"
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"fastloss: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "auto":
+    backend = normalize(backend)
+    named = "backend " + repr(backend)
+    if backend == "auto" and from_environment():
         backend = DEFAULT_BACKEND
+        named = (f"backend {backend!r} (from FASTLOSS_BACKEND={os.environ.get('FASTLOSS_BACKEND', backend)}; "
+                 f"pass backend= to a call or unset the variable to choose another)")
     kind = device.type
     if backend == "auto":
         if kind == "cuda":
@@ -157,29 +194,21 @@ def resolve(backend: str | None, device: torch.device) -> str:
         if kind == "cpu" and cpu_built():
             return "cpu"
         return "torch"
+    _check_built(backend, named)
     if backend == "cpu":
-        if not cpu_built():
-            hint = "" if BUILD_HINT in (_extension_error or "") else f"; {BUILD_HINT}"
-            raise RuntimeError(f"fastloss: backend 'cpu' needs the compiled extension fastloss._C, "
-                               f"which cannot be loaded here ({_extension_error}){hint}")
         if kind != "cpu":
-            raise ValueError(f"fastloss: backend 'cpu' takes CPU tensors, got tensors on {device}")
+            raise ValueError(f"fastloss: {named} takes CPU tensors, got tensors on {device}")
     elif backend == "cuda":
-        if not cuda_built():
-            why = "fastloss._C is not built" if not cpu_built() else "fastloss._C was built without CUDA"
-            raise RuntimeError(f"fastloss: backend 'cuda' is not available: {why}; {CUDA_BUILD_HINT}")
         if kind != "cuda":
-            raise ValueError(f"fastloss: backend 'cuda' takes CUDA tensors, got tensors on {device}")
+            raise ValueError(f"fastloss: {named} takes CUDA tensors, got tensors on {device}")
         if not torch.compiler.is_compiling() and cuda_arch_problem(device) is not None:
-            raise RuntimeError(f"fastloss: backend 'cuda' cannot run here: {cuda_arch_problem(device)}")
+            raise RuntimeError(f"fastloss: {named} cannot run here: {cuda_arch_problem(device)}")
     elif backend == "triton":
-        if not _triton_found:
-            raise RuntimeError("fastloss: backend 'triton' needs the triton package: `pip install triton`")
         if kind == "cpu" and not triton_interpreting():
-            raise ValueError("fastloss: backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1 "
+            raise ValueError(f"fastloss: {named} runs CPU tensors only under TRITON_INTERPRET=1 "
                              "(set before fastloss is imported); use CUDA tensors or backend 'cpu'")
         if kind not in ("cpu", "cuda"):
-            raise ValueError(f"fastloss: backend 'triton' takes CUDA tensors, got tensors on {device}")
+            raise ValueError(f"fastloss: {named} takes CUDA tensors, got tensors on {device}")
     return backend
 
 

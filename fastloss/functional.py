@@ -1,7 +1,8 @@
 """Drop-in replacements for torch.nn.functional losses: same signatures, same results.
 
-Every function also takes a keyword-only `backend`: "auto" (default; env FASTLOSS_BACKEND),
-"cpu" (C++ kernel), "cuda" (CUDA kernel), "triton" or "torch" (the plain formula).
+Every function also takes a keyword-only `backend`: "auto" (default, and what None means; the
+environment variable FASTLOSS_BACKEND, read at import, sets what "auto" stands for), "cpu" (C++
+kernel), "cuda" (CUDA kernel), "triton" or "torch" (the plain formula); any case.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _check_weight_size(fn: str, input, weight) -> None:
 
 def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
              reduce: bool | None = None, reduction: str = "mean",
-             weight: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+             weight: torch.Tensor | None = None, *, backend: str | None = "auto") -> torch.Tensor:
     """Mean squared error, optionally weighted: torch.nn.functional.mse_loss, fused.
 
     Args:
@@ -73,7 +74,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
 
 def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
             reduce: bool | None = None, reduction: str = "mean",
-            weight: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+            weight: torch.Tensor | None = None, *, backend: str | None = "auto") -> torch.Tensor:
     """Mean absolute error, optionally weighted: torch.nn.functional.l1_loss, fused.
 
     Arguments as :func:`mse_loss`. The gradient at input == target is 0, as torch's.
@@ -88,7 +89,7 @@ def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None
 
 def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
                    reduce: bool | None = None, reduction: str = "mean", beta: float = 1.0, *,
-                   backend: str = "auto") -> torch.Tensor:
+                   backend: str | None = "auto") -> torch.Tensor:
     """Smooth L1: torch.nn.functional.smooth_l1_loss, fused.
 
     0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (d = input - target); beta = 0 is
@@ -108,7 +109,7 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool
 
 def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
                delta: float = 1.0, weight: torch.Tensor | None = None, *,
-               backend: str = "auto") -> torch.Tensor:
+               backend: str | None = "auto") -> torch.Tensor:
     """Huber loss: torch.nn.functional.huber_loss, fused.
 
     0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta). delta must be positive. With a
@@ -128,7 +129,7 @@ def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean
 def binary_cross_entropy_with_logits(
         input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
         size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean",
-        pos_weight: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+        pos_weight: torch.Tensor | None = None, *, backend: str | None = "auto") -> torch.Tensor:
     """Binary cross-entropy on logits: torch.nn.functional.binary_cross_entropy_with_logits, fused.
 
     Stable for logits of any magnitude (one exp of -|x|). target must have input's size and may
@@ -149,7 +150,7 @@ def binary_cross_entropy_with_logits(
 
 def masked_mse_loss(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
                     norm_target: bool = False, eps: float = 1e-6,
-                    backend: str = "auto") -> torch.Tensor:
+                    backend: str | None = "auto") -> torch.Tensor:
     """The masked autoencoder's patch loss, fused: one pass per patch row.
 
     Args:
@@ -177,7 +178,7 @@ DISTANCES = ("euclidean", "manhattan", "cosine")
 
 def contrastive_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, margin: float = 1.0,
                      distance: str = "euclidean", reduction: str = "mean", *, eps: float = 1e-6,
-                     backend: str = "auto") -> torch.Tensor:
+                     backend: str | None = "auto") -> torch.Tensor:
     """The contrastive loss of siamese networks on pairs of embeddings, fused.
 
     Per pair: 0.5 * (y * d^2 + (1 - y) * max(0, margin - d)^2), with y = target: 1 for a similar
@@ -211,7 +212,7 @@ def contrastive_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, m
 def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
                         margin: float = 1.0, p: float = 2, eps: float = 1e-6, swap: bool = False,
                         size_average: bool | None = None, reduce: bool | None = None,
-                        reduction: str = "mean", *, backend: str = "auto") -> torch.Tensor:
+                        reduction: str = "mean", *, backend: str | None = "auto") -> torch.Tensor:
     """torch.nn.functional.triplet_margin_loss, fused: max(d(a, p) - d(a, n) + margin, 0) with
     d = pairwise_distance (norm p, eps added to the difference); swap uses min(d(a, n), d(p, n)).
     Fast paths for p = 2 and p = 1; any other positive p works too."""
@@ -233,7 +234,7 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
 
 def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
                           margin: float = 0, size_average: bool | None = None, reduce: bool | None = None,
-                          reduction: str = "mean", *, backend: str = "auto") -> torch.Tensor:
+                          reduction: str = "mean", *, backend: str | None = "auto") -> torch.Tensor:
     """torch.nn.functional.cosine_embedding_loss, fused: 1 - cos for target 1, max(0, cos -
     margin) for target -1, 0 for any other target value (as torch)."""
     reduction = _args.legacy_reduction(size_average, reduce, reduction)
@@ -248,7 +249,7 @@ def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: to
 def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,
                            neg_margin: float = 1.0, *, normalize: bool = True,
                            ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
-                           reduction: str = "avg_nonzero", backend: str = "auto", all_gather: bool = False,
+                           reduction: str = "avg_nonzero", backend: str | None = "auto", all_gather: bool = False,
                            group=None) -> torch.Tensor:
     """The all-pairs contrastive loss of a batch, tile by tile: memory O(N), never the N x N matrix.
 
@@ -286,7 +287,7 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pos_m
 
 def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.05, *,
                             normalize: bool = True, soft: bool = False, reduction: str = "avg_nonzero",
-                            backend: str = "auto", all_gather: bool = False, group=None) -> torch.Tensor:
+                            backend: str | None = "auto", all_gather: bool = False, group=None) -> torch.Tensor:
     """The batch-hard triplet loss (Hermans, Beyer and Leibe 2017), tile by tile: memory O(N).
 
     For each anchor i its hardest positive (the largest distance to a j != i with the same
@@ -317,7 +318,7 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.Tensor = 0.07, *,
                   symmetric: bool = False, normalize: bool = False, reduction: str = "mean",
-                  backend: str = "auto", all_gather: bool = False, group=None) -> torch.Tensor:
+                  backend: str | None = "auto", all_gather: bool = False, group=None) -> torch.Tensor:
     """InfoNCE (and CLIP's symmetric loss) tile by tile: memory O(B + M), never the B x M logits.
 
     The logits are ``query @ key.T / temperature``; row i's target is key i, and every other key
@@ -356,7 +357,7 @@ def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float | t
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.Tensor = 0.5, *,
-                 reduction: str = "mean", backend: str = "auto", all_gather: bool = False,
+                 reduction: str = "mean", backend: str | None = "auto", all_gather: bool = False,
                  group=None) -> torch.Tensor:
     """SimCLR's NT-Xent loss (Chen et al. 2020) on two views, tile by tile: memory O(B).
 

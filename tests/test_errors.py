@@ -243,3 +243,55 @@ def test_python_m_fastloss_reports_backends():
     assert proc.returncode == 0, proc.stderr
     assert "extension fastloss._C: built" in proc.stdout
     assert "backends that run here: cpu" in proc.stdout
+
+
+@pytest.mark.parametrize("spelling", ["torch", "TORCH", " Torch ", None, "auto", "AUTO"])
+def test_backend_argument_takes_the_environment_variables_spellings(spelling):
+    x, t = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(fastloss.mse_loss(x, t, backend=spelling), torch.nn.functional.mse_loss(x, t),
+                               rtol=1e-12, atol=0)
+    expected = "torch" if spelling not in (None, "auto", "AUTO") else _backend.resolve("auto", x.device)
+    assert _backend.resolve(spelling, x.device) == expected
+    code = "import torch; from fastloss import _backend; print(_backend.resolve('auto', torch.device('cpu')))"
+    env = {**os.environ, "FASTLOSS_BACKEND": spelling if spelling is not None else ""}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+def test_modules_check_their_backend_when_built_and_show_it(monkeypatch):
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'gpu'"):
+        fastloss.MSELoss(backend="gpu")  # before any call
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'metal'"):
+        fastloss.InfoNCELoss(backend="metal")
+    monkeypatch.setattr(_backend, "cuda_built", lambda: False)
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+        fastloss.ContrastiveLoss(backend="cuda")
+    assert repr(fastloss.MSELoss(backend="TORCH")) == "MSELoss(backend='torch')"
+    assert repr(fastloss.MaskedMSELoss(backend=None)) == "MaskedMSELoss(norm_target=False, eps=1e-06, backend='auto')"
+    module = fastloss.BatchContrastiveLoss()
+    assert repr(module).endswith("reduction='avg_nonzero', backend='auto')")
+    with pytest.raises(ValueError, match="got 'tpu'"):
+        module.backend = "tpu"  # the attribute is checked too
+    assert module.backend == "auto"
+
+
+def test_an_error_the_environment_variable_caused_says_so(monkeypatch):
+    monkeypatch.setattr(_backend, "cuda_built", lambda: True)
+    monkeypatch.setattr(_backend, "DEFAULT_BACKEND", "cuda")
+    monkeypatch.setenv("FASTLOSS_BACKEND", "CUDA")
+    with pytest.raises(ValueError, match=r"backend 'cuda' \(from FASTLOSS_BACKEND=CUDA; pass backend= .*\) takes "
+                                         r"CUDA tensors, got tensors on cpu"):
+        fastloss.mse_loss(torch.randn(3), torch.randn(3))
+    with pytest.raises(ValueError, match=r"^fastloss: backend 'cuda' takes CUDA tensors"):  # an argument: no mention
+        fastloss.mse_loss(torch.randn(3), torch.randn(3), backend="cuda")
+
+
+def test_python_m_fastloss_names_the_environment_variable_only_when_set():
+    env = {k: v for k, v in os.environ.items() if k != "FASTLOSS_BACKEND"}
+    plain = subprocess.run([sys.executable, "-m", "fastloss"], env=env, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert "default backend: auto\n" in plain.stdout and "FASTLOSS_BACKEND" not in plain.stdout, plain.stdout
+    env["FASTLOSS_BACKEND"] = "Torch"
+    chosen = subprocess.run([sys.executable, "-m", "fastloss"], env=env, capture_output=True, text=True, timeout=120)
+    assert "default backend: torch (from FASTLOSS_BACKEND)" in chosen.stdout, chosen.stdout

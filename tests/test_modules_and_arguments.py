@@ -353,19 +353,20 @@ def test_module_defaults_are_the_papers_and_torchs():
 
 def test_module_reprs_name_their_settings():
     assert repr(fastloss.ContrastiveLoss(margin=2.0, distance="manhattan", reduction="sum")) == \
-        "ContrastiveLoss(margin=2.0, distance='manhattan', reduction='sum')"
-    assert repr(fastloss.MaskedMSELoss(norm_target=True, eps=1e-4)) == "MaskedMSELoss(norm_target=True, eps=0.0001)"
+        "ContrastiveLoss(margin=2.0, distance='manhattan', reduction='sum', backend='auto')"
+    assert repr(fastloss.MaskedMSELoss(norm_target=True, eps=1e-4)) == "MaskedMSELoss(norm_target=True, eps=0.0001, backend='auto')"
     assert repr(fastloss.BatchContrastiveLoss(0.1, 0.9, normalize=False, reduction="mean")) == \
-        "BatchContrastiveLoss(pos_margin=0.1, neg_margin=0.9, normalize=False, reduction='mean')"
+        "BatchContrastiveLoss(pos_margin=0.1, neg_margin=0.9, normalize=False, reduction='mean', backend='auto')"
     assert repr(fastloss.BatchHardTripletLoss(0.2, soft=True)) == \
-        "BatchHardTripletLoss(margin=0.2, normalize=True, soft=True, reduction='avg_nonzero')"
+        "BatchHardTripletLoss(margin=0.2, normalize=True, soft=True, reduction='avg_nonzero', backend='auto')"
     assert repr(fastloss.InfoNCELoss(0.1, symmetric=True)) == \
-        "InfoNCELoss(temperature=0.1, symmetric=True, normalize=False, reduction='mean')"
+        "InfoNCELoss(temperature=0.1, symmetric=True, normalize=False, reduction='mean', backend='auto')"
     learned = fastloss.InfoNCELoss(torch.nn.Parameter(torch.tensor(0.25)))
-    assert repr(learned) == "InfoNCELoss(temperature=tensor(0.25), symmetric=False, normalize=False, reduction='mean')"
+    assert repr(learned) == "InfoNCELoss(temperature=tensor(0.25), symmetric=False, normalize=False, reduction='mean', backend='auto')"
     assert repr(fastloss.NTXentLoss(torch.tensor(0.125), reduction="sum")) == \
-        "NTXentLoss(temperature=tensor(0.125), reduction='sum')"
-    assert repr(fastloss.NTXentLoss()) == "NTXentLoss(temperature=0.5, reduction='mean')"
+        "NTXentLoss(temperature=tensor(0.125), reduction='sum', backend='auto')"
+    assert repr(fastloss.NTXentLoss()) == "NTXentLoss(temperature=0.5, reduction='mean', backend='auto')"
+    assert repr(fastloss.TripletMarginLoss(backend="Torch")) == "TripletMarginLoss(backend='torch')"
 
 
 def _ops_that_ran(call):
