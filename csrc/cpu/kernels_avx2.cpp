@@ -15,6 +15,7 @@
 #pragma GCC target("avx2,f16c,fma")
 #include <immintrin.h>
 #define FASTLOSS_HAVE_F16C 1
+#define FASTLOSS_HAVE_AVX 1
 #define FASTLOSS_ISA isa_avx2
 #define FASTLOSS_ISA_NAME "avx2+f16c"
 #include "kernel_helpers.h"

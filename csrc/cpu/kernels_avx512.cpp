@@ -15,6 +15,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma,prefer-vector-width=512")
 #include <immintrin.h>
 #define FASTLOSS_HAVE_F16C 1
+#define FASTLOSS_HAVE_AVX512 1
 #define FASTLOSS_ISA isa_avx512
 #define FASTLOSS_ISA_NAME "avx512"
 #include "kernel_helpers.h"

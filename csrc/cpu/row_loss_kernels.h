@@ -2,6 +2,7 @@
 // instruction set: per row, pass 1 sums over D in kLanes lanes (a fixed order), the row's
 // formula turns the sums into its loss and gradient coefficients, pass 2 writes the gradients
 // (the row is still in cache).
+#include "lanes.h"  // before the formulas: they call fmath::abs on Lanes too
 #include "../formulas/row.h"
 #include "kernel_helpers.h"
 
@@ -22,7 +23,12 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
     const T* ra = static_cast<const T*>(a.a) + r * d;
     const T* rb = static_cast<const T*>(a.b) + r * d;
     const T* rc = three ? static_cast<const T*>(a.c) + r * d : nullptr;
-    Acc sums[3][kLanes] = {};
+    // Only the sums the formula uses are kept and added (adding a constant 0 is not free in
+    // IEEE arithmetic: the compiler keeps it).
+    constexpr int kSums = Formula::kSums;
+    Acc sums[kSums][kLanes];
+    for (int i = 0; i < kSums; ++i)
+      for (int k = 0; k < kLanes; ++k) sums[i][k] = Acc(0);
     for_each_block(d, [&](int64_t j, auto n) {
       load_block(ra + j, n, ab);
       load_block(rb + j, n, bb);
@@ -32,12 +38,11 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
         Acc s[3] = {Acc(0), Acc(0), Acc(0)};
         Formula::accumulate(ab[k], bb[k], cb[k], q, s);
         const bool inside = k < n;
-        sums[0][k] += select(inside, s[0], Acc(0));
-        sums[1][k] += select(inside, s[1], Acc(0));
-        sums[2][k] += select(inside, s[2], Acc(0));
+        for (int i = 0; i < kSums; ++i) sums[i][k] += select(inside, s[i], Acc(0));
       }
     });
-    const Acc s[3] = {Acc(sum_lanes(sums[0])), Acc(sum_lanes(sums[1])), Acc(sum_lanes(sums[2]))};
+    Acc s[3] = {Acc(0), Acc(0), Acc(0)};
+    for (int i = 0; i < kSums; ++i) s[i] = Acc(sum_lanes(sums[i]));
     const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
     Acc coef[6] = {};
     const Acc loss = Formula::finish(s, label, q, coef);
@@ -62,10 +67,76 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
   return total;
 }
 
+// The same kernel with each block as one Lanes value: sums and gradients stay in registers.
+// The same operations lane by lane as row_range, so the same bits. (Not for norms of order p:
+// std::pow has no lane form.)
+template <typename T, typename Formula>
+double row_range_lanes(const RowArgs& a, int64_t begin, int64_t end) {
+  using Acc = typename AccOf<T>::type;
+  using L = Lanes<Acc>;
+  const int64_t d = a.d;
+  const row::Params<Acc> q{Acc(a.margin), Acc(a.eps), Acc(a.p), a.swap};
+  const row::Params<L> ql{L(q.margin), L(q.eps), L(q.p), q.swap};
+  const Acc scale = Acc(a.grad_scale);
+  const bool three = a.c != nullptr;
+  const LaneMask<Acc> tail_lanes = lanes_below<Acc>(int(d % kLanes));
+  constexpr int kSums = Formula::kSums;
+  double total = 0.0;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* ra = static_cast<const T*>(a.a) + r * d;
+    const T* rb = static_cast<const T*>(a.b) + r * d;
+    const T* rc = three ? static_cast<const T*>(a.c) + r * d : nullptr;
+    L sums[kSums];
+    for (int i = 0; i < kSums; ++i) sums[i] = L(Acc(0));
+    for_each_block(d, [&](int64_t j, auto n) {
+      const L va = load_lanes<Acc>(ra + j, n), vb = load_lanes<Acc>(rb + j, n);
+      const L vc = three ? load_lanes<Acc>(rc + j, n) : L(Acc(0));
+      L s[3] = {L(Acc(0)), L(Acc(0)), L(Acc(0))};
+      Formula::accumulate(va, vb, vc, ql, s);
+      for (int i = 0; i < kSums; ++i) {
+        if constexpr (std::is_same_v<decltype(n), std::integral_constant<int, kLanes>>) {
+          sums[i] += s[i];
+        } else {  // lanes past a tail add nothing
+          sums[i] += select(tail_lanes, s[i], L(Acc(0)));
+        }
+      }
+    });
+    Acc s[3] = {Acc(0), Acc(0), Acc(0)};
+    for (int i = 0; i < kSums; ++i) s[i] = Acc(sum_lanes(sums[i]));
+    const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
+    Acc coef[6] = {};
+    const Acc loss = Formula::finish(s, label, q, coef);
+    if (a.loss_out) {
+      static_cast<T*>(a.loss_out)[r] = Store<T>::of(loss);
+    } else {
+      total += double(loss);
+    }
+    if (!a.grad_a && !a.grad_b && !a.grad_c) continue;
+    L k[6];
+    for (int i = 0; i < 6; ++i) k[i] = L(coef[i] * scale);
+    for_each_block(d, [&](int64_t j, auto n) {
+      const L va = load_lanes<Acc>(ra + j, n), vb = load_lanes<Acc>(rb + j, n);
+      const L vc = three ? load_lanes<Acc>(rc + j, n) : L(Acc(0));
+      L ga, gb, gc;
+      Formula::gradient(va, vb, vc, k, ql, ga, gb, gc);
+      if (a.grad_a) store_lanes(a.stream_grads, ga, n, static_cast<T*>(a.grad_a) + r * d + j);
+      if (a.grad_b) store_lanes(a.stream_grads, gb, n, static_cast<T*>(a.grad_b) + r * d + j);
+      if (a.grad_c) store_lanes(a.stream_grads, gc, n, static_cast<T*>(a.grad_c) + r * d + j);
+    });
+  }
+  if (a.stream_grads) finish_streaming();
+  return total;
+}
+
 template <typename T>
 RowRangeFn row_loss_for_kind(int64_t loss) {
   return FASTLOSS_DISPATCH_ROW_LOSS(loss, [](auto formula) -> RowRangeFn {
-    return &row_range<T, decltype(formula)>;
+    using Formula = decltype(formula);
+    if constexpr (std::is_same_v<Formula, row::Triplet<row::NormLp>>) {
+      return &row_range<T, Formula>;
+    } else {
+      return &row_range_lanes<T, Formula>;
+    }
   });
 }
 

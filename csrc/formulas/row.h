@@ -1,7 +1,8 @@
 // The row losses on pairs and triplets of embeddings (contrastive, triplet margin, cosine
 // embedding), written once for the C++ CPU and CUDA row kernels (kernels/row_loss.py carries
 // the same steps for Triton). A row kernel reads rows a, b (and c) of D values and, per loss:
-//   accumulate(a_j, b_j, c_j)  -> up to three sums over the row (pass 1)
+//   accumulate(a_j, b_j, c_j)  -> up to three sums over the row (pass 1): the first kSums
+//                                 (a kernel may keep only those)
 //   finish(sums, label)        -> the row's loss and up to six gradient coefficients
 //   gradient(a_j, b_j, c_j, k) -> d loss / d a_j, b_j, c_j (pass 2, from cache)
 // Sums and coefficients are in T (float, or double for double inputs).
@@ -61,6 +62,7 @@ FASTLOSS_HD T contrastive(T d, T y, T margin, T& dloss_dd) {
 
 // d = || a - b + eps ||_2 (torch.pairwise_distance, p = 2).
 struct ContrastiveEuclidean {
+  static constexpr int kSums = 1;
   template <typename T>
   FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>& q, T* s) {
     const T v = a - b + q.eps;
@@ -84,6 +86,7 @@ struct ContrastiveEuclidean {
 
 // d = || a - b + eps ||_1.
 struct ContrastiveManhattan {
+  static constexpr int kSums = 1;
   template <typename T>
   FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>& q, T* s) {
     s[0] += fmath::abs(a - b + q.eps);
@@ -120,6 +123,7 @@ FASTLOSS_HD T clamped_cosine(const T* s, T eps, T& inv_norms, T& self_a, T& self
 // The sums and the gradient shape of the cosine-based losses: s = (a.b, |a|^2, |b|^2), and
 // d/da = k0 b + k1 a, d/db = k0 a + k2 b.
 struct DotAndNorms {
+  static constexpr int kSums = 3;
   template <typename T>
   FASTLOSS_HD static void accumulate(T a, T b, T, const Params<T>&, T* s) {
     s[0] += a * b;
@@ -187,6 +191,7 @@ struct NormLp {
 // torch gave 1 there) and none for NaN.
 template <typename Norm>
 struct Triplet {
+  static constexpr int kSums = 3;  // the third only with swap
   template <typename T>
   FASTLOSS_HD static void accumulate(T a, T p, T n, const Params<T>& q, T* s) {
     s[0] += Norm::power(a - p + q.eps, q.p);

@@ -1,0 +1,134 @@
+// Lanes<Acc>: the kLanes lanes of a block as one value (a GCC/Clang vector), so that a formula
+// written for a scalar T runs on a whole block in registers. With arrays of kLanes scalars the
+// compiler vectorizes the lane loops but keeps the arrays on the stack: every block then stores
+// and reloads its running sums, and behind a gradient pass's streaming stores those stack
+// stores waited (the cosine losses ran at a third of the copy's speed). Each operation is the
+// scalar one lane by lane, so the results are bit for bit those of the scalar code.
+#pragma once  // once per translation unit; each unit is one instruction set
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../common/fast_math.h"
+#include "kernel_helpers.h"
+
+namespace fastloss::cpu::FASTLOSS_ISA {
+namespace {
+
+template <typename Acc> struct LaneVectors;
+template <> struct LaneVectors<float> {
+  typedef float V __attribute__((vector_size(kLanes * sizeof(float))));
+  typedef int32_t Bits __attribute__((vector_size(kLanes * sizeof(float))));
+};
+template <> struct LaneVectors<double> {
+  typedef double V __attribute__((vector_size(kLanes * sizeof(double))));
+  typedef int64_t Bits __attribute__((vector_size(kLanes * sizeof(double))));
+};
+
+template <typename Acc>
+struct LaneMask {
+  typename LaneVectors<Acc>::Bits m;  // all ones where true
+};
+
+template <typename Acc>
+struct Lanes {
+  using V = typename LaneVectors<Acc>::V;
+  using Bits = typename LaneVectors<Acc>::Bits;
+  V v;
+  Lanes() = default;
+  Lanes(Acc s) : v(V{} + s) {}  // every lane s: T(0), margins and eps in the formulas
+  static Lanes of(V x) { Lanes r; r.v = x; return r; }
+};
+
+#define FASTLOSS_LANE_OP(OP)                                                                        \
+  template <typename Acc> Lanes<Acc> operator OP(Lanes<Acc> a, Lanes<Acc> b) { return Lanes<Acc>::of(a.v OP b.v); } \
+  template <typename Acc> Lanes<Acc>& operator OP##=(Lanes<Acc>& a, Lanes<Acc> b) { a.v = a.v OP b.v; return a; }
+FASTLOSS_LANE_OP(+)
+FASTLOSS_LANE_OP(-)
+FASTLOSS_LANE_OP(*)
+FASTLOSS_LANE_OP(/)
+#undef FASTLOSS_LANE_OP
+template <typename Acc> Lanes<Acc> operator-(Lanes<Acc> a) { return Lanes<Acc>::of(-a.v); }
+
+#define FASTLOSS_LANE_COMPARE(OP) \
+  template <typename Acc> LaneMask<Acc> operator OP(Lanes<Acc> a, Lanes<Acc> b) { return {a.v OP b.v}; }
+FASTLOSS_LANE_COMPARE(<)
+FASTLOSS_LANE_COMPARE(>)
+FASTLOSS_LANE_COMPARE(<=)
+FASTLOSS_LANE_COMPARE(>=)
+FASTLOSS_LANE_COMPARE(==)
+FASTLOSS_LANE_COMPARE(!=)
+#undef FASTLOSS_LANE_COMPARE
+template <typename Acc> LaneMask<Acc> operator&&(LaneMask<Acc> a, LaneMask<Acc> b) { return {a.m & b.m}; }
+template <typename Acc> LaneMask<Acc> operator||(LaneMask<Acc> a, LaneMask<Acc> b) { return {a.m | b.m}; }
+
+// The scalar helpers the formulas call, lane by lane (found by argument-dependent lookup); the
+// scalar ones stay visible beside them in this namespace.
+using ::fastloss::select;
+using ::fastloss::fmath::abs;
+using ::fastloss::fmath::copysign;
+template <typename Acc> Lanes<Acc> select(LaneMask<Acc> c, Lanes<Acc> a, Lanes<Acc> b) {
+  return Lanes<Acc>::of(c.m ? a.v : b.v);
+}
+template <typename Acc> Lanes<Acc> select(bool c, Lanes<Acc> a, Lanes<Acc> b) { return c ? a : b; }
+
+template <typename Acc> typename Lanes<Acc>::Bits sign_bit() {
+  using Bits = typename Lanes<Acc>::Bits;
+  using Word = std::remove_reference_t<decltype(Bits{}[0])>;
+  return Bits{} + Word(Word(1) << (8 * sizeof(Word) - 1));
+}
+template <typename Acc> Lanes<Acc> abs(Lanes<Acc> x) {  // clears the sign bit, as fabs
+  using Bits = typename Lanes<Acc>::Bits;
+  return Lanes<Acc>::of(reinterpret_cast<typename Lanes<Acc>::V>(reinterpret_cast<Bits>(x.v) & ~sign_bit<Acc>()));
+}
+template <typename Acc> Lanes<Acc> copysign(Lanes<Acc> magnitude, Lanes<Acc> sign) {
+  using Bits = typename Lanes<Acc>::Bits;
+  const Bits s = sign_bit<Acc>();
+  const Bits bits = (reinterpret_cast<Bits>(magnitude.v) & ~s) | (reinterpret_cast<Bits>(sign.v) & s);
+  return Lanes<Acc>::of(reinterpret_cast<typename Lanes<Acc>::V>(bits));
+}
+
+// kLanes values from src (n of them, zeros past a tail), and back.
+template <typename Acc, typename T, typename N>
+Lanes<Acc> load_lanes(const T* src, N n) {
+  Lanes<Acc> r;
+  if constexpr (std::is_same_v<T, Acc> && std::is_same_v<N, std::integral_constant<int, kLanes>>) {
+    std::memcpy(&r.v, src, sizeof(r.v));  // a plain vector load
+  } else {
+    Acc block[kLanes];
+    load_block(src, int(n), block);
+    std::memcpy(&r.v, block, sizeof(r.v));
+  }
+  return r;
+}
+
+template <typename T, typename Acc, typename N>
+void store_lanes(bool streaming, Lanes<Acc> x, N n, T* dst) {
+  Acc block[kLanes];
+  std::memcpy(block, &x.v, sizeof(x.v));
+  store_gradient_block(streaming, block, n, dst);
+}
+
+template <typename Acc>
+double sum_lanes(Lanes<Acc> x) {
+  Acc block[kLanes];
+  std::memcpy(block, &x.v, sizeof(x.v));
+  return sum_lanes(block);
+}
+
+// Lanes i < n: true, the rest false.
+template <typename Acc>
+LaneMask<Acc> lanes_below(int n) {
+  typename Lanes<Acc>::Bits index;
+  for (int k = 0; k < kLanes; ++k) index[k] = k;
+  return {index < n};
+}
+
+}  // namespace
+}  // namespace fastloss::cpu::FASTLOSS_ISA
+
+namespace fastloss::fmath {
+// For the formulas' qualified calls (fmath::abs(v)), declared before the formulas are.
+template <typename Acc>
+cpu::FASTLOSS_ISA::Lanes<Acc> abs(cpu::FASTLOSS_ISA::Lanes<Acc> x) { return cpu::FASTLOSS_ISA::abs(x); }
+}  // namespace fastloss::fmath
