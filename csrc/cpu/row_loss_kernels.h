@@ -9,12 +9,27 @@
 namespace fastloss::cpu::FASTLOSS_ISA {
 namespace {
 
+// Row r's loss from its sums: stored (reduction "none") or added to total; its gradient
+// coefficients, scaled, into coef. Returns whether any gradient is to be written.
+template <typename T, typename Formula, typename Acc>
+bool finish_row(const RowArgs& a, int64_t r, const Acc* s, const row::Params<Acc>& q, double& total, Acc* coef) {
+  const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
+  for (int k = 0; k < 6; ++k) coef[k] = Acc(0);
+  const Acc loss = Formula::finish(s, label, q, coef);
+  if (a.loss_out) {
+    static_cast<T*>(a.loss_out)[r] = Store<T>::of(loss);
+  } else {
+    total += double(loss);
+  }
+  for (int k = 0; k < 6; ++k) coef[k] *= Acc(a.grad_scale);
+  return a.grad_a || a.grad_b || a.grad_c;
+}
+
 template <typename T, typename Formula>
 double row_range(const RowArgs& a, int64_t begin, int64_t end) {
   using Acc = typename AccOf<T>::type;
   const int64_t d = a.d;
   const row::Params<Acc> q{Acc(a.margin), Acc(a.eps), Acc(a.p), a.swap};
-  const Acc scale = Acc(a.grad_scale);
   const bool three = a.c != nullptr;
   double total = 0.0;
   Acc ab[kLanes], bb[kLanes], cb[kLanes], ga[kLanes], gb[kLanes], gc[kLanes];
@@ -43,16 +58,8 @@ double row_range(const RowArgs& a, int64_t begin, int64_t end) {
     });
     Acc s[3] = {Acc(0), Acc(0), Acc(0)};
     for (int i = 0; i < kSums; ++i) s[i] = Acc(sum_lanes(sums[i]));
-    const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
-    Acc coef[6] = {};
-    const Acc loss = Formula::finish(s, label, q, coef);
-    if (a.loss_out) {
-      static_cast<T*>(a.loss_out)[r] = Store<T>::of(loss);
-    } else {
-      total += double(loss);
-    }
-    if (!a.grad_a && !a.grad_b && !a.grad_c) continue;
-    for (int k = 0; k < 6; ++k) coef[k] *= scale;
+    Acc coef[6];
+    if (!finish_row<T, Formula>(a, r, s, q, total, coef)) continue;
     for_each_block(d, [&](int64_t j, auto n) {
       load_block(ra + j, n, ab);
       load_block(rb + j, n, bb);
@@ -77,7 +84,6 @@ double row_range_lanes(const RowArgs& a, int64_t begin, int64_t end) {
   const int64_t d = a.d;
   const row::Params<Acc> q{Acc(a.margin), Acc(a.eps), Acc(a.p), a.swap};
   const row::Params<L> ql{L(q.margin), L(q.eps), L(q.p), q.swap};
-  const Acc scale = Acc(a.grad_scale);
   const bool three = a.c != nullptr;
   const LaneMask<Acc> tail_lanes = lanes_below<Acc>(int(d % kLanes));
   constexpr int kSums = Formula::kSums;
@@ -103,17 +109,10 @@ double row_range_lanes(const RowArgs& a, int64_t begin, int64_t end) {
     });
     Acc s[3] = {Acc(0), Acc(0), Acc(0)};
     for (int i = 0; i < kSums; ++i) s[i] = Acc(sum_lanes(sums[i]));
-    const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
-    Acc coef[6] = {};
-    const Acc loss = Formula::finish(s, label, q, coef);
-    if (a.loss_out) {
-      static_cast<T*>(a.loss_out)[r] = Store<T>::of(loss);
-    } else {
-      total += double(loss);
-    }
-    if (!a.grad_a && !a.grad_b && !a.grad_c) continue;
+    Acc coef[6];
+    if (!finish_row<T, Formula>(a, r, s, q, total, coef)) continue;
     L k[6];
-    for (int i = 0; i < 6; ++i) k[i] = L(coef[i] * scale);
+    for (int i = 0; i < 6; ++i) k[i] = L(coef[i]);
     for_each_block(d, [&](int64_t j, auto n) {
       const L va = load_lanes<Acc>(ra + j, n), vb = load_lanes<Acc>(rb + j, n);
       const L vc = three ? load_lanes<Acc>(rc + j, n) : L(Acc(0));
