@@ -67,7 +67,7 @@ wheel-check: $(VENV)/.deps
 oldest-torch-check: $(VENV)/.deps
 	PY=$(abspath $(PY)) bash tests/wheel/oldest_torch.sh
 
-# On the GPU validation machine (see ../shared/gpu.md): its own python3, no venv, no network.
+# On the GPU validation machine (docs/gpu-check.md): its own python3, no venv, no network.
 gpu-check:
 	bash bench/gpu_check.sh
 

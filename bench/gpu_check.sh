@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make gpu-check`: one run on the GPU validation machine (see ../shared/gpu.md).
+# `make gpu-check`: one run on the GPU validation machine (docs/gpu-check.md).
 # Builds for sm_90, prints the versions, runs the test suite (CUDA kernels and compiled
 # Triton against the reference), then the benchmark report (quick plan); the tables print last. Full logs
 # and results go to $OUT (the current directory when unset).
