@@ -25,7 +25,7 @@ MAE_PATCH = 768       # 16 x 16 x 3 values per patch
 MAE_PATCHES = 196     # 14 x 14 patches per image
 MAE_MASK_RATIO = 0.75
 ROW_D = 256  # embedding width of the pair and triplet losses when a size is given in elements
-ROW_LOSSES = ("contrastive", "triplet", "cosine_embedding")
+ROW_LOSSES = ("contrastive", "contrastive_manhattan", "contrastive_cosine", "triplet", "cosine_embedding")
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _inputs(loss: str, size: int | tuple[int, int], dtype: torch.dtype, device: 
         count = 3 if loss == "triplet" else 2
         xs = [torch.randn(rows, d, dtype=dtype, device=device).requires_grad_() for _ in range(count)]
         extra = ()
-        if loss == "contrastive":
+        if loss.startswith("contrastive"):
             extra = ((torch.rand(rows, device=device) < 0.5).to(dtype),)
         elif loss == "cosine_embedding":
             extra = ((torch.rand(rows, device=device) < 0.5).to(dtype) * 2 - 1,)
@@ -98,7 +98,10 @@ FASTLOSS_FN = {
     "mse": fastloss.mse_loss, "l1": fastloss.l1_loss, "smooth_l1": fastloss.smooth_l1_loss,
     "huber": fastloss.huber_loss, "bce": fastloss.binary_cross_entropy_with_logits,
     "masked_mse": fastloss.masked_mse_loss,
-    "contrastive": fastloss.contrastive_loss, "triplet": fastloss.triplet_margin_loss,
+    "contrastive": fastloss.contrastive_loss,
+    "contrastive_manhattan": lambda a, b, y, **kw: fastloss.contrastive_loss(a, b, y, distance="manhattan", **kw),
+    "contrastive_cosine": lambda a, b, y, **kw: fastloss.contrastive_loss(a, b, y, distance="cosine", **kw),
+    "triplet": fastloss.triplet_margin_loss,
     "cosine_embedding": fastloss.cosine_embedding_loss,
 }
 # One lambda per loss: each has its own code object, so torch.compile keeps one compiled frame
@@ -112,6 +115,8 @@ TORCH_FN = {
     "bce": lambda x, t: F.binary_cross_entropy_with_logits(x, t),
     "masked_mse": lambda x, t, m, norm_target: reference.masked_mse_loss(x, t, m, norm_target),
     "contrastive": lambda a, b, y: reference.contrastive_loss(a, b, y),
+    "contrastive_manhattan": lambda a, b, y: reference.contrastive_loss(a, b, y, distance="manhattan"),
+    "contrastive_cosine": lambda a, b, y: reference.contrastive_loss(a, b, y, distance="cosine"),
     "triplet": lambda a, p, n: F.triplet_margin_loss(a, p, n),
     "cosine_embedding": lambda a, b, y: F.cosine_embedding_loss(a, b, y),
 }
