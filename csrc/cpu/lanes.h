@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../common/fast_math.h"
 #include "kernel_helpers.h"
@@ -145,11 +146,27 @@ FASTLOSS_LANE_FN void store_lanes(bool streaming, Lanes<Acc> x, N n, T* dst) {
   store_gradient_block(streaming, block, n, dst);
 }
 
+// sum_lanes's tree (kernel_helpers.h: s[j] += s[j + width], widths halving) on the vector itself,
+// in registers: the same additions in the same order.
+template <typename Vec, std::size_t... I>
+FASTLOSS_LANE_FN auto low_half(Vec x, std::index_sequence<I...>) { return __builtin_shufflevector(x, x, I...); }
+template <typename Vec, std::size_t... I>
+FASTLOSS_LANE_FN auto high_half(Vec x, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, x, (I + sizeof...(I))...);
+}
+template <int Width, typename Vec>
+FASTLOSS_LANE_FN auto fold_vector(Vec x) {
+  if constexpr (Width == 1) {
+    return x[0];
+  } else {
+    using Half = std::make_index_sequence<Width / 2>;
+    return fold_vector<Width / 2>(low_half(x, Half{}) + high_half(x, Half{}));
+  }
+}
+
 template <typename Acc>
 FASTLOSS_LANE_FN double sum_lanes(Lanes<Acc> x) {
-  Acc block[kLanes];
-  std::memcpy(block, &x.v, sizeof(x.v));
-  return sum_lanes(block);
+  return double(fold_vector<kLanes>(x.v));
 }
 
 // Lanes i < n: true, the rest false.
