@@ -94,8 +94,6 @@ FASTLOSS_LANE_COMPARE(>=)
 FASTLOSS_LANE_COMPARE(==)
 FASTLOSS_LANE_COMPARE(!=)
 #undef FASTLOSS_LANE_COMPARE
-template <typename Acc> FASTLOSS_LANE_FN LaneMask<Acc> operator&&(LaneMask<Acc> a, LaneMask<Acc> b) { return {a.m & b.m}; }
-template <typename Acc> FASTLOSS_LANE_FN LaneMask<Acc> operator||(LaneMask<Acc> a, LaneMask<Acc> b) { return {a.m | b.m}; }
 
 // The scalar helpers the formulas call, lane by lane (found by argument-dependent lookup); the
 // scalar ones stay visible beside them in this namespace.
@@ -107,7 +105,6 @@ template <typename Acc> FASTLOSS_LANE_FN Lanes<Acc> select(LaneMask<Acc> c, Lane
   const Bits bits = (c.m & reinterpret_cast<Bits>(a.v)) | (~c.m & reinterpret_cast<Bits>(b.v));
   return Lanes<Acc>::of(reinterpret_cast<typename Lanes<Acc>::V>(bits));
 }
-template <typename Acc> FASTLOSS_LANE_FN Lanes<Acc> select(bool c, Lanes<Acc> a, Lanes<Acc> b) { return c ? a : b; }
 
 template <typename Acc> FASTLOSS_LANE_FN typename Lanes<Acc>::Bits sign_bit() {
   using Bits = typename Lanes<Acc>::Bits;
