@@ -39,14 +39,14 @@ mutation: setup
 	$(PY) tests/mutation/cpp_mutants.py; cpp_status=$$?; \
 	exit $$(( python_status || cpp_status ))
 
-# The benchmark report (bench/report.py; the README's Benchmarks): BENCH=full (default, about 25 min
+# The benchmark report (bench/report.py; the README's Benchmarks): BENCH=full (default, about 30 min
 # on a 2-core CPU) or BENCH=quick (about 3 min). It writes bench/out/<cpu|gpu>/, which git ignores;
 # BENCH_ARGS=--refresh-results rewrites the committed bench/results/<cpu|gpu>/ instead. Nothing is
 # installed on the system: without tcmalloc the caching-allocator regime uses glibc's own tunables.
 BENCH ?= full
 BENCH_ARGS ?=
 bench: setup
-	@echo "make bench: the $(BENCH) report, about $(if $(filter quick,$(BENCH)),3,25) min on a 2-core CPU$(if $(filter quick,$(BENCH)),, (BENCH=quick: about 3 min))"
+	@echo "make bench: the $(BENCH) report, about $(if $(filter quick,$(BENCH)),3,30) min on a 2-core CPU$(if $(filter quick,$(BENCH)),, (BENCH=quick: about 3 min))"
 	$(PY) bench/report.py $(if $(filter quick,$(BENCH)),--quick) $(BENCH_ARGS)
 
 # A wheel for every GPU arch this nvcc has from sm_80 on (sm_80, 86, 89, 90, and 100 and 120 where

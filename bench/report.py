@@ -60,7 +60,7 @@ PLANS = {
                  "caching": {"dtypes": ("float32",), "modes": ("forward", "train")},
                  "batch": {"losses": ("batch_contrastive", "batch_hard_triplet", "info_nce", "clip", "nt_xent"),
                            "sizes": (1024, 4096, 16384, 32768), "dims": (128,)},
-                 "minutes": 25},
+                 "minutes": 30},
     "quick-cpu": {"losses": ("mse", "bce", "masked_mse", "contrastive", "triplet", "cosine_embedding"),
                   "modes": ("forward", "train", "backward"),
                   "sizes": {"float32": [2**22], "bfloat16": [2**22]},
