@@ -46,7 +46,7 @@ mutation: setup
 BENCH ?= full
 BENCH_ARGS ?=
 bench: setup
-	@echo "make bench: the $(BENCH) report, about $(if $(filter quick,$(BENCH)),3,30) min on a 2-core CPU$(if $(filter quick,$(BENCH)),, (BENCH=quick: about 3 min))"
+	@echo "make bench: the $(BENCH) report$(if $(filter quick,$(BENCH)),, (BENCH=quick for a subset of about 3 min)); bench/report.py says how long it takes"
 	$(PY) bench/report.py $(if $(filter quick,$(BENCH)),--quick) $(BENCH_ARGS)
 
 # A wheel for every GPU arch this nvcc has from sm_80 on (sm_80, 86, 89, 90, and 100 and 120 where
