@@ -39,6 +39,15 @@ def run_case(backend, device, dtype, shape, case, grad_out=None):
     check = (lambda a, b, what: torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)) if loose else \
         (lambda a, b, what: assert_close_to_reference(a, b, dtype, what))
     check(out.detach().cpu(), expected.detach(), f"{name} loss")
+    # Evaluation (no gradient asked) takes its own path in the CPU kernel (rows in groups, one
+    # finish per group): the same values, and on the CPU the same bits as the training forward.
+    with torch.no_grad(), poisoned_outputs(device):
+        evaluated = fast(*inputs, backend)
+    check(evaluated.cpu(), expected.detach(), f"{name} loss, evaluation")
+    if backend == "cpu":
+        assert torch.equal(evaluated.isnan(), out.detach().isnan()), f"{name}: evaluation NaNs differ"
+        assert torch.equal(evaluated[~evaluated.isnan()], out.detach()[~out.detach().isnan()]), \
+            f"{name}: evaluation and training forward differ"
     if out.numel() == 0 or not expected.requires_grad:
         return
     g = torch.rand(expected.shape, dtype=torch.float64) + 0.5 if grad_out is None else grad_out

@@ -62,6 +62,10 @@ FASTLOSS_HD float abs(float x) { return ::fabsf(x); }
 FASTLOSS_HD double abs(double x) { return ::fabs(x); }
 FASTLOSS_HD float copysign(float magnitude, float sign) { return ::copysignf(magnitude, sign); }
 FASTLOSS_HD double copysign(double magnitude, double sign) { return ::copysign(magnitude, sign); }
+// The correctly rounded square root, as std::sqrt; a formula calls fmath::sqrt so that a lane
+// type can bring its own (cpu/lanes.h).
+FASTLOSS_HD float sqrt(float x) { return ::sqrtf(x); }
+FASTLOSS_HD double sqrt(double x) { return ::sqrt(x); }
 
 // sign(v) as torch.sign: -1, 0 or 1, and 0 for NaN (so torch's L1 gradient at NaN is 0).
 // One select of a computed value (not a choice among constants, which compilers may turn

@@ -70,7 +70,7 @@ struct ContrastiveEuclidean {
   }
   template <typename T>
   FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
-    const T d = std::sqrt(s[0]);
+    const T d = fmath::sqrt(s[0]);
     T dloss_dd;
     const T loss = contrastive(d, y, q.margin, dloss_dd);
     k[0] = over_norm(dloss_dd, d);
@@ -111,7 +111,7 @@ struct ContrastiveManhattan {
 // 0 for a zero vector).
 template <typename T>
 FASTLOSS_HD T clamped_cosine(const T* s, T eps, T& inv_norms, T& self_a, T& self_b) {
-  const T na = std::sqrt(s[1]), nb = std::sqrt(s[2]);
+  const T na = fmath::sqrt(s[1]), nb = fmath::sqrt(s[2]);
   const T ca = select(na > eps, na, eps), cb = select(nb > eps, nb, eps);
   inv_norms = T(1) / (ca * cb);
   const T cos = s[0] * inv_norms;
@@ -160,7 +160,7 @@ struct ContrastiveCosine : DotAndNorms {
 // torch gives.
 struct NormL2 {
   template <typename T> FASTLOSS_HD static T power(T v, T) { return v * v; }
-  template <typename T> FASTLOSS_HD static T root(T s, T) { return std::sqrt(s); }
+  template <typename T> FASTLOSS_HD static T root(T s, T) { return fmath::sqrt(s); }
   template <typename T> FASTLOSS_HD static T scale(T g, T d, T) { return over_norm(g, d); }
   template <typename T> FASTLOSS_HD static T direction(T v, T) { return v; }
 };
@@ -235,9 +235,9 @@ struct CosineEmbedding : DotAndNorms {
   FASTLOSS_HD static T finish(const T* s, T y, const Params<T>& q, T* k) {
     const T tiny = T(1e-12f);  // torch's EPSILON, a float constant
     const T m1 = s[1] + tiny, m2 = s[2] + tiny;
-    const T denom = std::sqrt(m1 * m2);
+    const T denom = fmath::sqrt(m1 * m2);
     const T cos = s[0] / denom;
-    const bool pos = y == T(1), neg = y == T(-1);
+    const auto pos = y == T(1), neg = y == T(-1);  // bool, or a mask of lanes
     const T above = cos - q.margin;
     const T loss = select(pos, T(1) - cos, select(neg, clamp_min0(above), T(0)));
     // torch's in-place clamp passes no gradient at cos - margin == 0
