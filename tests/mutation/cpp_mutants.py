@@ -48,8 +48,7 @@ MUTANTS = [
     ("csrc/cpu/kernel_helpers.h", "  if (j < len) block(j, int(len - j));",
      "  if (j + 1 < len) block(j, int(len - j));",
      "a one-element tail block skipped (every family)", POINTWISE + ROWS),
-    ("csrc/cpu/kernel_helpers.h", "  for (int width = kLanes / 2; width > 0; width /= 2)",
-     "  for (int width = kLanes / 4; width > 0; width /= 2)",
+    ("csrc/cpu/kernel_helpers.h", "  fold_lanes<kLanes / 2>(s);", "  fold_lanes<kLanes / 4>(s);",
      "lane sum drops half the lanes (wrong lane count)", POINTWISE + ROWS),
     # (a first version filled the lanes past a tail with 1 instead of 0: equivalent, since every
     # consumer masks those lanes, and replaced by this one)
@@ -105,6 +104,12 @@ MUTANTS = [
      "  s = s + rescaled(s2, m2, shift);", "online log-sum-exp: the old sum not rescaled to the new max", SOFTMAX),
     ("csrc/cpu/info_nce_loss.cpp", "  if (need_grad_b) acc_b.mul_(scale);", "",
      "softmax losses: the key gradient not divided by the temperature", SOFTMAX),
+    ("csrc/cpu/row_loss_kernels.h", "          static_cast<T*>(a.loss_out)[r0 + i] = Store<T>::of(losses[i]);",
+     "          static_cast<T*>(a.loss_out)[r0 + i] = Store<T>::of(losses[i ^ int(i + 1 < rows)]);",
+     "row losses, evaluation: a row given its neighbour's loss", ROWS),
+    ("csrc/cpu/lanes.h", "{ return (i / W) * 2 * W + second * W + i % W; }",
+     "{ return (i / W) * 2 * W + second * W + (i + 1) % W; }",
+     "rows folded together: a lane summed into its neighbour's sum", ROWS),
     # only the bit-for-bit comparison of the instruction-set builds can see a mistake in the AVX2
     # build on an AVX-512 machine (the AVX-512 build is the one every other test runs)
     ("csrc/cpu/row_loss_kernels.h", "      for (int k = 0; k < kLanes; ++k) {\n        Acc s[3]",
