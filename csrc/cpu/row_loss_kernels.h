@@ -9,18 +9,28 @@
 namespace fastloss::cpu::FASTLOSS_ISA {
 namespace {
 
-// Row r's loss from its sums: stored (reduction "none") or added to total; its gradient
-// coefficients, scaled, into coef. Returns whether any gradient is to be written.
-template <typename T, typename Formula, typename Acc>
-bool finish_row(const RowArgs& a, int64_t r, const Acc* s, const row::Params<Acc>& q, double& total, Acc* coef) {
-  const Acc label = a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
-  for (int k = 0; k < 6; ++k) coef[k] = Acc(0);
-  const Acc loss = Formula::finish(s, label, q, coef);
+// Row r's label (0 for the losses without one).
+template <typename T, typename Acc>
+Acc row_label(const RowArgs& a, int64_t r) {
+  return a.label ? load<Acc>(static_cast<const T*>(a.label)[r]) : Acc(0);
+}
+
+// Row r's loss: stored (reduction "none") or added to total.
+template <typename T, typename Acc>
+void keep_loss(const RowArgs& a, int64_t r, Acc loss, double& total) {
   if (a.loss_out) {
     static_cast<T*>(a.loss_out)[r] = Store<T>::of(loss);
   } else {
     total += double(loss);
   }
+}
+
+// Row r's loss from its sums, kept; its gradient coefficients, scaled, into coef. Returns
+// whether any gradient is to be written.
+template <typename T, typename Formula, typename Acc>
+bool finish_row(const RowArgs& a, int64_t r, const Acc* s, const row::Params<Acc>& q, double& total, Acc* coef) {
+  for (int k = 0; k < 6; ++k) coef[k] = Acc(0);
+  keep_loss<T>(a, r, Formula::finish(s, row_label<T, Acc>(a, r), q, coef), total);
   for (int k = 0; k < 6; ++k) coef[k] *= Acc(a.grad_scale);
   return a.grad_a || a.grad_b || a.grad_c;
 }
@@ -168,8 +178,7 @@ double row_range_lanes(const RowArgs& a, int64_t begin, int64_t end) {
       L row_sum[3] = {L(Acc(0)), L(Acc(0)), L(Acc(0))};  // lane i: row r0 + i
       for (int s = 0; s < kSums; ++s) row_sum[s] = sum_lanes_of_rows(sums[s]);
       Acc labels[kLanes] = {};
-      if (a.label)
-        for (int i = 0; i < rows; ++i) labels[i] = load<Acc>(static_cast<const T*>(a.label)[r0 + i]);
+      for (int i = 0; i < rows; ++i) labels[i] = row_label<T, Acc>(a, r0 + i);
       L label;
       std::memcpy(&label.v, labels, sizeof(labels));
       L k[6];  // the coefficients: unused without gradients
@@ -177,13 +186,7 @@ double row_range_lanes(const RowArgs& a, int64_t begin, int64_t end) {
       const L loss = Formula::finish(row_sum, label, ql, k);
       Acc losses[kLanes];
       std::memcpy(losses, &loss.v, sizeof(losses));
-      for (int i = 0; i < rows; ++i) {
-        if (a.loss_out) {
-          static_cast<T*>(a.loss_out)[r0 + i] = Store<T>::of(losses[i]);
-        } else {
-          total += double(losses[i]);
-        }
-      }
+      for (int i = 0; i < rows; ++i) keep_loss<T>(a, r0 + i, losses[i], total);
     }
     return total;
   }
